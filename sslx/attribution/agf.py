@@ -1,0 +1,96 @@
+"""AGF (Algorithm 1): attribution guided factorization on unmodified models, batched."""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from torch import Tensor
+
+from .._validate import check_image_batch, resolve_targets
+from .agf_rules import RESIDUALS, AGFOptions, conv_rule, first_conv_zb, head_attribution, linear_rule
+from .graph import CONV, LINEAR, ModelGraph, Step
+from .numerics import per_image_max
+from .propagation import Grad, propagate, structural_rule
+
+
+class AGF:
+    """Explain a classifier's logits with AGF; `attribute` returns signed B×1×H×W heatmaps."""
+
+    def __init__(self, model: nn.Module, *, use_a: bool = True, use_fx: bool = True, use_fgrad: bool = True,
+                 use_m: bool = True, use_gate: bool = True, residual: str = "agf",
+                 flat_convs: Iterable[str] = (), full_convs: Iterable[str] = ()):
+        if residual not in RESIDUALS:
+            raise ValueError(f"residual must be one of {RESIDUALS}, got {residual!r}")
+        for name, flag in dict(use_a=use_a, use_fx=use_fx, use_fgrad=use_fgrad, use_m=use_m,
+                               use_gate=use_gate).items():
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+        self.model = model
+        self.options = AGFOptions(use_a, use_fx, use_fgrad, use_m, use_gate, residual)
+        self.graph = ModelGraph(model)
+        self._override_conv_roles(set(flat_convs), "flat")
+        self._override_conv_roles(set(full_convs), "full")
+
+    def _override_conv_roles(self, names: set[str], role: str) -> None:
+        convs = {s.node.target: s for s in self.graph.layers(CONV)}
+        unknown = names - convs.keys()
+        if unknown:
+            raise ValueError(f"no Conv2d named {sorted(unknown)} in the model; convolutions: {sorted(convs)}")
+        for name in names:
+            convs[name].role = role
+
+    @property
+    def conv_roles(self) -> dict[str, str]:
+        """How each convolution is treated: "first" (z^B), "flat" (C-rule only) or "full" (full AGF)."""
+        return {s.node.target: s.role for s in self.graph.layers(CONV)}
+
+    def attribute(self, x: Tensor, target: Any = None, *, normalize: bool = True) -> Tensor:
+        """Heatmaps B×1×H×W for `target` (None = top-1, int, or LongTensor[B]); dtype/device follow x."""
+        check_image_batch(x, "x", channels=None)
+        self._check_model_matches(x)
+        with torch.no_grad():
+            env = self.graph.run(x)
+            logits = env[self.graph.head.node]
+            if not isinstance(logits, Tensor) or logits.dim() != 2:
+                raise ValueError(f"the model must return B×K logits, got shape {tuple(getattr(logits, 'shape', ()))}")
+            t = resolve_targets(target, logits)
+            head = self.graph.head.module
+            head_input = self.graph.head.inputs[0]
+            phi, grad = head_attribution(head.weight, head.bias, env[head_input], t)
+            relevance = propagate(self.graph, env, head_input, phi, grad, lambda *a: self._rule(env, *a))
+        if relevance.shape != x.shape:
+            raise RuntimeError(f"input relevance has shape {tuple(relevance.shape)}, expected {tuple(x.shape)}")
+        if not normalize:
+            return relevance.sum(dim=1, keepdim=True)
+        top = per_image_max(relevance)
+        scaled = torch.where(top != 0, relevance / torch.where(top != 0, top, torch.ones_like(top)), 0.0)
+        return scaled.sum(dim=1, keepdim=True)
+
+    def _rule(self, env: dict[fx.Node, Any], step: Step, inputs: list, y: Tensor, r: Tensor,
+              g: Grad) -> tuple[list, list]:
+        generic = structural_rule(step, inputs, y, r, g)
+        if generic is not None:
+            return generic
+        x = inputs[0]
+        if step.kind == CONV:
+            if step.role == "first":
+                return [first_conv_zb(step, x, r)], [None]
+            rel, g_in = conv_rule(step, x, r, g, self.options)
+            return [rel], [g_in]
+        if step.kind == LINEAR:
+            shape = env[step.boundary_source].shape if step.boundary_source is not None else None
+            if shape is not None and len(shape) != 4:
+                shape = None
+            rel, g_in = linear_rule(step, x, r, g, shape)
+            return [rel], [g_in]
+        raise NotImplementedError(f"AGF has no rule for {step.kind} step '{step.node.name}'")
+
+    def _check_model_matches(self, x: Tensor) -> None:
+        for name, p in list(self.model.named_parameters())[:1] + list(self.model.named_buffers())[:0]:
+            if p.dtype != x.dtype:
+                raise TypeError(f"x is {x.dtype} but the model's parameters are {p.dtype} ({name}); "
+                                "cast one of them (e.g. model.double() with a float64 x)")
+            if p.device != x.device:
+                raise ValueError(f"x is on {x.device} but the model is on {p.device}; move one of them")

@@ -1,0 +1,284 @@
+"""Trace an unmodified model into a graph of typed steps and run it with inference semantics."""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+# Kinds of step the propagation rules know.
+CONV, LINEAR, NORM, RELU, POOL, PASS, RESHAPE, ADD, ADD_CONST, INPUT, META = (
+    "conv", "linear", "norm", "relu", "pool", "pass", "reshape", "add", "add_const", "input", "meta",
+)
+
+_PASS_MODULES = (nn.Dropout, nn.Dropout2d, nn.Identity)
+_RESHAPE_METHODS = {"view", "reshape", "flatten", "contiguous", "squeeze", "unsqueeze"}
+_RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze}
+_ADD_FUNCTIONS = {operator.add, torch.add, operator.sub, torch.sub}
+_RELU_FUNCTIONS = {F.relu, torch.relu}
+_POOL_FUNCTIONS = {F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d}
+_META_FUNCTIONS = {getattr, operator.getitem}
+_META_METHODS = {"size", "dim"}
+
+
+class UnsupportedOperationError(TypeError):
+    """Raised for a graph node that no propagation rule covers."""
+
+
+@dataclass
+class Step:
+    """One node of the traced model, typed for the propagation rules."""
+
+    node: fx.Node
+    kind: str
+    module: nn.Module | None = None
+    op: Callable[[Tensor], Tensor] | None = None  # the node's function of its single tensor input
+    role: str = ""  # conv: "first" | "flat" | "full"; linear: "head" | "boundary" | "plain"
+    boundary_source: fx.Node | None = None  # linear "boundary": the feature map its input was flattened from
+    inputs: list[fx.Node] = field(default_factory=list)  # tensor-valued inputs that carry relevance
+
+
+def _describe(node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack")
+    where = f" in module '{list(stack.keys())[-1]}'" if stack else ""
+    return f"node '{node.name}' ({node.op} {getattr(node.target, '__name__', node.target)!s}){where}"
+
+
+def _module_op(module: nn.Module) -> Callable[[Tensor], Tensor]:
+    """A side-effect-free functional equivalent of a supported module in inference mode."""
+    if isinstance(module, nn.ReLU):
+        return F.relu
+    if isinstance(module, nn.MaxPool2d):
+        return lambda x: F.max_pool2d(x, module.kernel_size, module.stride, module.padding,
+                                      module.dilation, module.ceil_mode)
+    if isinstance(module, nn.AvgPool2d):
+        return lambda x: F.avg_pool2d(x, module.kernel_size, module.stride, module.padding,
+                                      module.ceil_mode, module.count_include_pad, module.divisor_override)
+    if isinstance(module, nn.AdaptiveAvgPool2d):
+        return lambda x: F.adaptive_avg_pool2d(x, module.output_size)
+    if isinstance(module, nn.Flatten):
+        return lambda x: torch.flatten(x, module.start_dim, module.end_dim)
+    raise AssertionError(f"no functional form for {type(module).__name__}")
+
+
+def _classify_module(node: fx.Node, module: nn.Module) -> Step:
+    if isinstance(module, nn.Conv2d):
+        if module.padding_mode != "zeros":
+            raise UnsupportedOperationError(
+                f"Conv2d with padding_mode={module.padding_mode!r} is not supported at {_describe(node)}")
+        return Step(node, CONV, module)
+    if isinstance(module, nn.Linear):
+        return Step(node, LINEAR, module)
+    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        if module.running_mean is None or module.running_var is None:
+            raise UnsupportedOperationError(
+                f"BatchNorm without running statistics (track_running_stats=False) at {_describe(node)}: "
+                "its output depends on the batch, so per-image explanations are undefined")
+        return Step(node, NORM, module)
+    if isinstance(module, nn.ReLU):
+        return Step(node, RELU, module, op=_module_op(module))
+    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
+        return Step(node, POOL, module, op=_module_op(module))
+    if isinstance(module, _PASS_MODULES):
+        return Step(node, PASS, module)
+    if isinstance(module, nn.Flatten):
+        return Step(node, RESHAPE, module, op=_module_op(module))
+    raise UnsupportedOperationError(
+        f"unsupported layer {type(module).__name__} at {_describe(node)}; supported: Conv2d, Linear, "
+        "ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, BatchNorm1d/2d, Dropout, Identity, Flatten, add")
+
+
+def _classify_call(node: fx.Node) -> Step:
+    target = node.target
+    if node.op == "call_method":
+        if target in _RESHAPE_METHODS:
+            return Step(node, RESHAPE)
+        if target in ("add", "sub"):
+            return Step(node, ADD)
+        if target == "relu":
+            return Step(node, RELU, op=F.relu)
+        if target in _META_METHODS:
+            return Step(node, META)
+    else:
+        if target in _RESHAPE_FUNCTIONS:
+            return Step(node, RESHAPE)
+        if target in _ADD_FUNCTIONS:
+            return Step(node, ADD)
+        if target in _RELU_FUNCTIONS:
+            return Step(node, RELU, op=F.relu)
+        if target in _POOL_FUNCTIONS:
+            args, kwargs = node.args[1:], dict(node.kwargs)
+            return Step(node, POOL, op=lambda x, f=target, a=args, k=kwargs: f(x, *a, **k))
+        if target is F.dropout:
+            return Step(node, PASS)
+        if target in _META_FUNCTIONS:
+            return Step(node, META)
+    raise UnsupportedOperationError(f"unsupported operation at {_describe(node)}")
+
+
+class ModelGraph:
+    """A traced model: typed steps in topological order, runnable without touching the model's state."""
+
+    def __init__(self, model: nn.Module, tracer_leaf_modules: tuple[type, ...] = ()):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        try:
+            self.graph_module = fx.symbolic_trace(model)
+        except Exception as exc:  # fx raises many types for untraceable code
+            raise UnsupportedOperationError(
+                f"cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {exc}); "
+                "the model's forward must not branch on tensor values") from exc
+        self.steps: dict[fx.Node, Step] = {}
+        self.input_node: fx.Node | None = None
+        self.output_node: fx.Node | None = None
+        for node in self.graph_module.graph.nodes:
+            self._add_node(node)
+        self._mark_roles()
+
+    # -- construction -------------------------------------------------------------------------
+    def _add_node(self, node: fx.Node) -> None:
+        if node.op == "placeholder":
+            if self.input_node is not None:
+                raise UnsupportedOperationError(
+                    f"the model's forward takes several inputs ({self.input_node.name}, {node.name}); "
+                    "explanations need a forward(x) with one image batch")
+            self.input_node = node
+            self.steps[node] = Step(node, INPUT)
+        elif node.op == "get_attr":
+            self.steps[node] = Step(node, META)
+        elif node.op == "call_module":
+            self.steps[node] = _classify_module(node, self.graph_module.get_submodule(node.target))
+        elif node.op in ("call_function", "call_method"):
+            self.steps[node] = _classify_call(node)
+        elif node.op == "output":
+            self.output_node = node
+        else:  # pragma: no cover - fx has no other ops today
+            raise UnsupportedOperationError(f"unsupported graph node {_describe(node)}")
+
+    def _tensor_inputs(self, node: fx.Node) -> list[fx.Node]:
+        """Inputs of `node` that are computed from the image (relevance flows through them)."""
+        return [a for a in node.all_input_nodes if self.steps.get(a) is not None
+                and self.steps[a].kind not in (META,) and self._depends_on_input(a)]
+
+    def _depends_on_input(self, node: fx.Node) -> bool:
+        cache = self.__dict__.setdefault("_dep_cache", {})
+        if node not in cache:
+            step = self.steps.get(node)
+            if step is None or step.kind == META:
+                cache[node] = False
+            elif step.kind == INPUT:
+                cache[node] = True
+            else:
+                cache[node] = any(self._depends_on_input(a) for a in node.all_input_nodes)
+        return cache[node]
+
+    def _mark_roles(self) -> None:
+        if self.input_node is None or self.output_node is None:
+            raise UnsupportedOperationError("the traced model has no input or no output")
+        for node, step in self.steps.items():
+            if step.kind in (INPUT, META):
+                continue
+            step.inputs = self._tensor_inputs(node)
+            if step.kind == ADD and len(step.inputs) == 1:
+                step.kind = ADD_CONST
+            elif step.kind == ADD and len(step.inputs) == 2 and node.target in (operator.sub, torch.sub, "sub"):
+                raise UnsupportedOperationError(f"subtraction of two computed tensors at {_describe(node)}")
+            elif step.kind == ADD and len(step.inputs) != 2:
+                step.kind = META  # a computation on constants only
+        out = self.output_node.args[0]
+        if not isinstance(out, fx.Node) or self.steps[out].kind != LINEAR:
+            raise UnsupportedOperationError(
+                "the model must return logits from a final nn.Linear (the head); its output comes from "
+                f"{_describe(out) if isinstance(out, fx.Node) else repr(out)}")
+        self.head = self.steps[out]
+        self.head.role = "head"
+        consumers = self.consumers()
+        for node, step in self.steps.items():
+            if step.kind == CONV:
+                step.role = self._conv_role(step, consumers)
+            elif step.kind == LINEAR and step is not self.head:
+                step.role = "plain"
+                src = self._skip_back(step.inputs[0], (PASS,))
+                if self.steps[src].kind == RESHAPE and self.steps[src].inputs:
+                    step.role = "boundary"
+                    step.boundary_source = self.steps[src].inputs[0]
+
+    def _skip_back(self, node: fx.Node, kinds: tuple[str, ...]) -> fx.Node:
+        while self.steps[node].kind in kinds and self.steps[node].inputs:
+            node = self.steps[node].inputs[0]
+        return node
+
+    def _conv_role(self, step: Step, consumers: dict[fx.Node, list[fx.Node]]) -> str:
+        if self.steps[self._skip_back(step.inputs[0], (PASS, RESHAPE))].kind == INPUT:
+            return "first"
+        if tuple(step.module.kernel_size) == (1, 1):
+            return "flat"
+        # The last conv of a residual branch (feeding an add through norms only) stays flat.
+        frontier = [step.node]
+        while frontier:
+            node = frontier.pop()
+            for user in consumers.get(node, []):
+                kind = self.steps[user].kind
+                if kind == ADD:
+                    return "flat"
+                if kind in (NORM, PASS):
+                    frontier.append(user)
+        return "full"
+
+    def consumers(self) -> dict[fx.Node, list[fx.Node]]:
+        """Map each node to the steps that take it as a relevance-carrying input."""
+        users: dict[fx.Node, list[fx.Node]] = {}
+        for node, step in self.steps.items():
+            for a in step.inputs:
+                users.setdefault(a, []).append(node)
+        return users
+
+    def layers(self, kind: str) -> list[Step]:
+        """Steps of one kind in topological order."""
+        return [s for s in self.steps.values() if s.kind == kind]
+
+    # -- execution -----------------------------------------------------------------------------
+    def run(self, x: Tensor) -> dict[fx.Node, Any]:
+        """Evaluate every node in inference mode (BatchNorm uses running stats, Dropout is identity)."""
+        env: dict[fx.Node, Any] = {self.input_node: x}
+        for node, step in self.steps.items():
+            if step.kind == INPUT:
+                continue
+            env[node] = self._eval(node, step, env)
+        return env
+
+    def _eval(self, node: fx.Node, step: Step, env: dict[fx.Node, Any]) -> Any:
+        if node.op == "get_attr":
+            return _fetch_attr(self.graph_module, node.target)
+        args = fx.node.map_arg(node.args, lambda n: env[n])
+        kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
+        m = step.module
+        if step.kind == CONV:
+            return F.conv2d(args[0], m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
+        if step.kind == LINEAR:
+            return F.linear(args[0], m.weight, m.bias)
+        if step.kind == NORM:
+            return F.batch_norm(args[0], m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
+        if step.kind == PASS:
+            return args[0]
+        if node.op == "call_module":
+            return step.op(args[0])
+        if node.op == "call_method":
+            obj, *rest = args
+            return getattr(obj, node.target)(*rest, **kwargs)
+        if step.kind == RELU:
+            return F.relu(args[0])
+        return node.target(*args, **kwargs)
+
+
+def _fetch_attr(module: nn.Module, target: str) -> Any:
+    obj: Any = module
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj

@@ -1,0 +1,103 @@
+"""The backward walk: carry relevance (and optionally the gradient) from the head to the input."""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+import torch.fx as fx
+from torch import Tensor
+
+from .graph import ADD, ADD_CONST, INPUT, NORM, PASS, POOL, RELU, RESHAPE, ModelGraph, Step
+from .numerics import safe_divide
+
+Grad = Optional[Tensor]
+# A rule maps (step, input values, output value, relevance at the output, gradient at the output)
+# to per-input relevances and gradients.
+Rule = Callable[[Step, list, Tensor, Tensor, Grad], tuple[list, list]]
+
+
+def propagate(graph: ModelGraph, env: dict[fx.Node, Any], start: fx.Node, relevance: Tensor,
+              grad: Grad, rule: Rule) -> Tensor:
+    """Walk the graph backwards from `start` (the head's input) and return the input's relevance."""
+    rel: dict[fx.Node, list[Tensor]] = {start: [relevance]}
+    grads: dict[fx.Node, list[Tensor]] = {start: [grad]} if grad is not None else {}
+    for node in reversed(list(graph.steps)):
+        if node not in rel:
+            continue
+        step = graph.steps[node]
+        parts = rel.pop(node)
+        value = env[node]
+        r = parts[0] if len(parts) == 1 else fork_relevance(value, parts)
+        g_parts = grads.pop(node, None)
+        g = None if g_parts is None else (g_parts[0] if len(g_parts) == 1 else torch.stack(g_parts).sum(0))
+        if step.kind == INPUT:
+            return r
+        inputs = [env[i] for i in step.inputs]
+        r_in, g_in = rule(step, inputs, value, r, g)
+        for i, ri, gi in zip(step.inputs, r_in, g_in):
+            rel.setdefault(i, []).append(ri)
+            if gi is not None:
+                grads.setdefault(i, []).append(gi)
+    raise RuntimeError("relevance never reached the model's input: the head is not connected to the image")
+
+
+def fork_relevance(value: Tensor, parts: list[Tensor]) -> Tensor:
+    """Merge the relevance of a tensor used by several layers: X ⊙ safe_divide(ΣR_i, X)."""
+    return value * safe_divide(torch.stack(parts).sum(0), value)
+
+
+def vjp(step: Step, x: Tensor, cotangents: list[Tensor]) -> list[Tensor]:
+    """Vector-Jacobian products of a single-input step's own function at x."""
+    if step.kind == RELU:
+        positive = x > 0
+        return [torch.where(positive, c, torch.zeros((), dtype=c.dtype, device=c.device)) for c in cotangents]
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        y = step.op(xg)
+        return [torch.autograd.grad(y, xg, c, retain_graph=True)[0] for c in cotangents]
+
+
+def z_rule(step: Step, x: Tensor, y: Tensor, r: Tensor, g: Grad) -> tuple[list, list]:
+    """LRP-0 through the step's own gradient: R_in = X ⊙ J^T safe_divide(R, Y ⊙ 1[R≠0])."""
+    s = safe_divide(r, y * (r != 0))
+    cot = [s] if g is None else [s, g]
+    back = vjp(step, x, cot)
+    return [x * back[0]], [None if g is None else back[1]]
+
+
+def norm_grad(step: Step, g: Grad) -> Grad:
+    """Gradient through an inference-mode BatchNorm: g ⊙ γ / sqrt(var + eps)."""
+    if g is None:
+        return None
+    m = step.module
+    scale = torch.rsqrt(m.running_var + m.eps)
+    if m.weight is not None:
+        scale = scale * m.weight
+    return g * scale.reshape((1, -1) + (1,) * (g.dim() - 2)).to(g.dtype)
+
+
+def structural_rule(step: Step, inputs: list, y: Tensor, r: Tensor, g: Grad) -> tuple[list, list] | None:
+    """Rules for the layers every method treats alike; None for the layers a method must define."""
+    kind = step.kind
+    if kind == PASS or kind == ADD_CONST:
+        return [r], [g]
+    if kind == NORM:
+        return [r], [norm_grad(step, g)]
+    if kind == RESHAPE:
+        shape = inputs[0].shape
+        return [r.reshape(shape)], [None if g is None else g.reshape(shape)]
+    if kind in (RELU, POOL):
+        return z_rule(step, inputs[0], y, r, g)
+    if kind == ADD:
+        a, b = inputs
+        s = safe_divide(r, y * (r != 0))
+        return [a * s, b * s], [g, g]
+    return None
+
+
+def unsupported(step: Step) -> Any:
+    """Raise for a step kind a method does not handle."""
+    raise NotImplementedError(f"no rule for {step.kind} step '{step.node.name}'")
+
+
+__all__ = ["propagate", "fork_relevance", "z_rule", "norm_grad", "structural_rule", "vjp"]
