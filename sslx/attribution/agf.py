@@ -1,6 +1,7 @@
 """AGF (Algorithm 1): attribution guided factorization on unmodified models, batched."""
 from __future__ import annotations
 
+import warnings
 from typing import Any, Iterable
 
 import torch
@@ -59,6 +60,7 @@ class AGF:
             head = self.graph.head.module
             head_input = self.graph.head.inputs[0]
             phi, grad = head_attribution(head.weight, head.bias, env[head_input], t)
+            _warn_if_saturated(phi)
             relevance = propagate(self.graph, env, head_input, phi, grad, lambda *a: self._rule(env, *a))
         if relevance.shape != x.shape:
             raise RuntimeError(f"input relevance has shape {tuple(relevance.shape)}, expected {tuple(x.shape)}")
@@ -94,3 +96,12 @@ class AGF:
                                 "cast one of them (e.g. model.double() with a float64 x)")
             if p.device != x.device:
                 raise ValueError(f"x is on {x.device} but the model is on {p.device}; move one of them")
+
+
+def _warn_if_saturated(phi: Tensor) -> None:
+    dead = (phi.reshape(phi.shape[0], -1) == 0).all(dim=1)
+    if bool(dead.any()):
+        warnings.warn(
+            f"the head's Gaussian-softmax is saturated for images {dead.nonzero().flatten().tolist()}: "
+            "the initial attribution is exactly zero, so their heatmaps are all zero "
+            "(typical of untrained models with very large logits)", RuntimeWarning, stacklevel=3)

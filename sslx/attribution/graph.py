@@ -21,7 +21,7 @@ _RESHAPE_METHODS = {"view", "reshape", "flatten", "contiguous", "squeeze", "unsq
 _RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze}
 _ADD_FUNCTIONS = {operator.add, torch.add, operator.sub, torch.sub}
 _RELU_FUNCTIONS = {F.relu, torch.relu}
-_POOL_FUNCTIONS = {F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d}
+_POOL_FUNCTIONS = {F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d}
 _META_FUNCTIONS = {getattr, operator.getitem}
 _META_METHODS = {"size", "dim"}
 
@@ -61,6 +61,8 @@ def _module_op(module: nn.Module) -> Callable[[Tensor], Tensor]:
                                       module.ceil_mode, module.count_include_pad, module.divisor_override)
     if isinstance(module, nn.AdaptiveAvgPool2d):
         return lambda x: F.adaptive_avg_pool2d(x, module.output_size)
+    if isinstance(module, nn.AdaptiveMaxPool2d):
+        return lambda x: F.adaptive_max_pool2d(x, module.output_size)
     if isinstance(module, nn.Flatten):
         return lambda x: torch.flatten(x, module.start_dim, module.end_dim)
     raise AssertionError(f"no functional form for {type(module).__name__}")
@@ -82,7 +84,7 @@ def _classify_module(node: fx.Node, module: nn.Module) -> Step:
         return Step(node, NORM, module)
     if isinstance(module, nn.ReLU):
         return Step(node, RELU, module, op=_module_op(module))
-    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
+    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
         return Step(node, POOL, module, op=_module_op(module))
     if isinstance(module, _PASS_MODULES):
         return Step(node, PASS, module)
@@ -90,7 +92,7 @@ def _classify_module(node: fx.Node, module: nn.Module) -> Step:
         return Step(node, RESHAPE, module, op=_module_op(module))
     raise UnsupportedOperationError(
         f"unsupported layer {type(module).__name__} at {_describe(node)}; supported: Conv2d, Linear, "
-        "ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, BatchNorm1d/2d, Dropout, Identity, Flatten, add")
+        "ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, AdaptiveMaxPool2d, BatchNorm1d/2d, Dropout, Identity, Flatten, add")
 
 
 def _classify_call(node: fx.Node) -> Step:

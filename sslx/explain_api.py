@@ -1,0 +1,21 @@
+"""`sslx.explain`: one call for every explanation method."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch.nn as nn
+from torch import Tensor
+
+from .attribution.agf import AGF
+
+# name -> factory(model, **options) returning an object with .attribute(x, target)
+METHODS: dict[str, Callable[..., Any]] = {
+    "agf": AGF,
+}
+
+
+def explain(model: nn.Module, x: Tensor, target: Any = None, method: str = "agf", **options: Any) -> Tensor:
+    """Explain `model`'s prediction for `target` on `x` with `method`; returns B×1×H×W heatmaps."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; available: {sorted(METHODS)}")
+    return METHODS[method](model, **options).attribute(x, target)

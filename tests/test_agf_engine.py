@@ -1,0 +1,241 @@
+"""AGF engine: batching, architectures, ablation switches, hygiene and bad input."""
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+
+from sslx import AGF, explain
+from sslx.attribution.agf_rules import factorization
+from sslx.attribution.graph import UnsupportedOperationError
+from sslx.attribution.numerics import delta_shift, safe_divide
+
+
+def _model(name: str, num_classes: int = 10) -> nn.Module:
+    torch.manual_seed(0)
+    return getattr(torchvision.models, name)(weights=None, num_classes=num_classes).eval().double()
+
+
+def _x(b: int = 3, size: int = 64) -> torch.Tensor:
+    return torch.randn(b, 3, size, size, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+
+# -- numerics on hand-computed cases -----------------------------------------------------------
+def test_safe_divide_matches_reference_guard():
+    a = torch.tensor([1.0, 1.0, 1.0, 2.0], dtype=torch.float64)
+    b = torch.tensor([2.0, -2.0, 0.0, -1e-9], dtype=torch.float64)
+    out = safe_divide(a, b)
+    assert out[0] == 1.0 / (2.0 + 1e-9) and out[1] == 1.0 / (-2.0 + 1e-9)
+    assert out[2] == 0.0
+    assert out[3] == 2.0 / 1e-9  # b + 1e-9 == 0 -> denominator becomes 1e-9
+
+
+def test_delta_shift_keeps_total_on_nonzero_support():
+    c = torch.tensor([[1.0, 0.0, 3.0, -1.0]], dtype=torch.float64)
+    r = torch.tensor([[0.5, 0.0, 1.5, 1.0]], dtype=torch.float64)
+    out = delta_shift(c, r)
+    # Σr = 3 over 3 nonzero entries of C: shift 1 each.
+    assert torch.equal(out, torch.tensor([[0.5, 0.0, 3.5, -1.0]], dtype=torch.float64))
+    assert out.sum() == c.sum()
+
+
+def test_factorization_equals_literal_ridge_regression():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(2, 5, 4, 3, generator=g, dtype=torch.float64)
+    phi = torch.randn(2, 1, 4, 3, generator=g, dtype=torch.float64)
+    ours = factorization(y, phi)
+    for b in range(2):
+        h = torch.sigmoid(10 * y[b] / (y[b].max() + 1e-9)).reshape(5, -1)
+        pos, neg = (phi[b, 0] > 0).flatten(), (phi[b, 0] < 0).flatten()
+        reps = torch.stack([h[:, neg].sum(1) / (neg.sum() + 1e-9), h[:, pos].sum(1) / (pos.sum() + 1e-9)], 1)
+        w = torch.linalg.inv(reps.T @ reps + torch.eye(2, dtype=torch.float64)) @ reps.T @ h
+        w = w.clamp(min=0)
+        assert torch.allclose(ours[b, 0], (w[1] - w[0]).reshape(4, 3), atol=1e-12)
+
+
+# -- batching ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["resnet18", "vgg11_bn"])
+def test_batch_with_per_image_targets_equals_one_by_one(name):
+    model, x = _model(name), _x(3)
+    targets = torch.tensor([2, 7, 2])
+    batched = AGF(model).attribute(x, targets)
+    single = torch.cat([AGF(model).attribute(x[i:i + 1], targets[i:i + 1]) for i in range(3)])
+    assert (batched - single).abs().max() <= 1e-6 * single.abs().max()
+
+
+def test_int_target_and_top1_default():
+    model, x = _model("resnet18"), _x(2)
+    top = model(x).argmax(1)
+    agf = AGF(model)
+    assert torch.equal(agf.attribute(x), agf.attribute(x, top))
+    assert torch.equal(agf.attribute(x, 4), agf.attribute(x, torch.tensor([4, 4])))
+    assert not torch.allclose(agf.attribute(x, 4), agf.attribute(x, 5))
+
+
+# -- architectures -----------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["alexnet", "vgg11", "vgg13_bn", "vgg16", "resnet18", "resnet34", "resnet101",
+                                  "resnet152"])
+def test_torchvision_architectures(name):
+    model = _model(name).float()
+    size = 64 if name != "alexnet" else 96
+    x = _x(2, size).float()
+    # random deep nets give huge logits that saturate the Gaussian-softmax: rescale the head to ~±10
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        scale = model(x).abs().max() / 10
+        last.weight /= scale
+        last.bias /= scale
+    heat = AGF(model).attribute(x)
+    assert heat.shape == (2, 1, size, size) and heat.dtype == torch.float32
+    assert torch.isfinite(heat).all()
+    # each map is divided by its signed max of the 3-channel relevance, then summed over RGB
+    assert (heat.amax(dim=(1, 2, 3)) > 0).all()
+
+
+def test_saturated_head_warns_instead_of_silent_zeros():
+    model = _model("resnet18")
+    model.fc.weight.data *= 1e6
+    with pytest.warns(RuntimeWarning, match="saturated"):
+        heat = AGF(model).attribute(_x(1))
+    assert (heat == 0).all()
+
+
+def test_conv_roles_follow_the_reference():
+    roles = AGF(_model("resnet50")).conv_roles
+    assert roles["conv1"] == "first"
+    assert roles["layer1.0.conv1"] == "flat" and roles["layer1.0.conv2"] == "full"
+    assert roles["layer1.0.conv3"] == "flat" and roles["layer1.0.downsample.0"] == "flat"
+    basic = AGF(_model("resnet18")).conv_roles  # BasicBlock: conv1 full, conv2 (feeds the add) flat
+    assert basic["layer2.0.conv1"] == "full" and basic["layer2.0.conv2"] == "flat"
+    assert basic["layer2.0.downsample.0"] == "flat"
+    vgg = AGF(_model("vgg11")).conv_roles
+    assert vgg["features.0"] == "first" and all(r == "full" for k, r in vgg.items() if k != "features.0")
+
+
+def test_role_overrides_and_unknown_names():
+    model = _model("resnet18")
+    assert AGF(model, full_convs=["layer1.0.conv2"]).conv_roles["layer1.0.conv2"] == "full"
+    with pytest.raises(ValueError, match="no Conv2d named"):
+        AGF(model, flat_convs=["layer9.conv"])
+
+
+# -- ablations (Table 5) -----------------------------------------------------------------------
+def test_residual_none_equals_all_switches_off():
+    model, x = _model("vgg11"), _x(2)
+    only_c = AGF(model, residual="none").attribute(x)
+    all_off = AGF(model, use_a=False, use_fx=False, use_fgrad=False, use_m=False).attribute(x)
+    assert torch.allclose(only_c, all_off, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("option", [dict(use_a=False), dict(use_fx=False), dict(use_fgrad=False),
+                                    dict(use_m=False), dict(use_gate=False), dict(residual="gradcam")])
+def test_each_switch_changes_the_map(option):
+    model, x = _model("vgg11"), _x(1)
+    assert not torch.allclose(AGF(model).attribute(x), AGF(model, **option).attribute(x))
+
+
+# -- hygiene -----------------------------------------------------------------------------------
+def test_model_left_untouched_even_on_error():
+    model = _model("resnet18").float().train()
+    for p in list(model.parameters())[:3]:
+        p.requires_grad_(False)
+    flags = [p.requires_grad for p in model.parameters()]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    agf = AGF(model)
+    heat = agf.attribute(_x(2).float())
+    with torch.no_grad():  # callers under no_grad work too
+        assert torch.equal(agf.attribute(_x(2).float()), heat)
+    with pytest.raises(ValueError):
+        agf.attribute(_x(2).float(), torch.tensor([1, 99]))
+    assert model.training and all(m.training for m in model.modules())
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in model.modules())
+
+
+def test_inference_semantics_match_eval_forward():
+    model = _model("vgg11_bn")
+    x = _x(2)
+    agf = AGF(model)
+    env = agf.graph.run(x)
+    assert torch.allclose(env[agf.graph.head.node], model(x), rtol=0, atol=1e-12)
+
+
+# -- bad input ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("x, err, match", [
+    (torch.zeros(3, 64, 64, dtype=torch.float64), ValueError, "4-D"),
+    (torch.zeros(1, 3, 64, 64, dtype=torch.int64), TypeError, "floating-point"),
+    (torch.full((1, 3, 64, 64), float("nan"), dtype=torch.float64), ValueError, "NaN or Inf"),
+    (torch.zeros(0, 3, 64, 64, dtype=torch.float64), ValueError, "empty batch"),
+    ([[1.0]], TypeError, "torch.Tensor"),
+])
+def test_bad_images(x, err, match):
+    with pytest.raises(err, match=match):
+        AGF(_model("resnet18")).attribute(x)
+
+
+def test_wrong_channel_count_names_the_layer():
+    with pytest.raises(RuntimeError):
+        AGF(_model("resnet18")).attribute(torch.zeros(1, 1, 64, 64, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("target, err, match", [
+    (10, ValueError, "out of range"),
+    (-1, ValueError, "out of range"),
+    (torch.tensor([1, 2, 3]), ValueError, "3 targets for a batch of 2"),
+    (torch.tensor([1.0, 2.0]), TypeError, "integer class ids"),
+    ("cat", TypeError, "target must be"),
+])
+def test_bad_targets(target, err, match):
+    with pytest.raises(err, match=match):
+        AGF(_model("resnet18")).attribute(_x(2), target)
+
+
+def test_dtype_mismatch_between_model_and_input():
+    with pytest.raises(TypeError, match="model's parameters are torch.float64"):
+        AGF(_model("resnet18")).attribute(_x(1).float())
+
+
+class _Sigmoid(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(torch.sigmoid(self.conv(x)).mean(dim=(2, 3)))
+
+
+class _NoHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return self.conv(x).flatten(1)
+
+
+def test_unsupported_op_is_named_with_its_place():
+    with pytest.raises(UnsupportedOperationError, match="sigmoid"):
+        AGF(_Sigmoid())
+
+
+def test_model_without_linear_head_is_refused():
+    with pytest.raises(UnsupportedOperationError, match="final nn.Linear"):
+        AGF(_NoHead())
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="residual must be one of"):
+        AGF(_model("resnet18"), residual="lrp")
+    with pytest.raises(TypeError, match="use_a must be a bool"):
+        AGF(_model("resnet18"), use_a=1)
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        AGF(lambda x: x)
+
+
+def test_explain_entry_point():
+    model, x = _model("resnet18"), _x(1)
+    assert torch.equal(explain(model, x, 3), AGF(model).attribute(x, 3))
+    assert torch.equal(explain(model, x, 3, method="agf", use_a=False), AGF(model, use_a=False).attribute(x, 3))
+    with pytest.raises(ValueError, match="unknown method 'foo'"):
+        explain(model, x, method="foo")
