@@ -6,10 +6,11 @@ Prints ratios measured in the same run, plus the authors' per-image ratios from 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import threading
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torchvision
@@ -22,8 +23,8 @@ AUTHORS_RATIO = {"vgg19": 8.9, "resnet50": 11.6, "alexnet": 9.5}  # reference AG
 def forward_backward(model, x):
     x = x.clone().requires_grad_(True)
     out = model(x)
-    out.gather(1, out.argmax(1, keepdim=True)).sum().backward()
-    return x.grad
+    (grad,) = torch.autograd.grad(out.gather(1, out.argmax(1, keepdim=True)).sum(), x)
+    return grad
 
 
 def timed(fn, rounds):
@@ -35,26 +36,27 @@ def timed(fn, rounds):
     return statistics.median(times)
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_extra_bytes(fn) -> int:
-    """Peak resident memory above the level before the call (sampled every 2 ms; Linux only)."""
-    base, peak, done = _rss(), [0], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss())
-            time.sleep(0.002)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    fn()
-    done.set()
-    thread.join()
-    return max(peak[0], _rss()) - base
+def peak_extra_mib(model_name: str, method: str, batch: int, size: int, threads: int) -> float:
+    """Peak resident memory (MiB) of one call above the level before it, measured in a fresh process."""
+    code = (
+        "import sys, torch, torchvision\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from agf_speed import forward_backward\n"
+        "from sslx import AGF\n"
+        f"torch.set_num_threads({threads}); torch.manual_seed(0)\n"
+        f"model = getattr(torchvision.models, {model_name!r})(weights=None).eval()\n"
+        f"x = torch.randn({batch}, 3, {size}, {size})\n"
+        "agf = AGF(model)\n"
+        "def kib(field):\n"
+        "    line = [l for l in open('/proc/self/status') if l.startswith(field)][0]\n"
+        "    return int(line.split()[1])\n"
+        "open('/proc/self/clear_refs', 'w').write('5')\n"  # reset the peak (VmHWM) to the current RSS
+        "before = kib('VmRSS')\n"
+        f"agf.attribute(x) if {method!r} == 'agf' else forward_backward(model, x)\n"
+        "print((kib('VmHWM') - before) / 1024)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -82,8 +84,8 @@ def main() -> None:
                 t_agf += timed(lambda: agf.attribute(x), 1)
                 t_fb += timed(lambda: forward_backward(model, x), 1)
             ratio = t_agf / t_fb
-            m_fb = peak_extra_bytes(lambda: forward_backward(model, x)) / 2**20
-            m_agf = peak_extra_bytes(lambda: agf.attribute(x)) / 2**20
+            m_fb = peak_extra_mib(name, "fwd+bwd", b, args.size, args.threads)
+            m_agf = peak_extra_mib(name, "agf", b, args.size, args.threads)
             print(f"{name:<10}{b:>3}{t_agf / args.rounds / b:>11.3f}{t_fb / args.rounds / b:>15.3f}{ratio:>7.2f}x"
                   f"{AUTHORS_RATIO.get(name, float('nan')):>14.1f}x{m_agf:>9.0f}{m_fb:>13.0f}{m_agf / max(m_fb, 1e-9):>10.2f}x")
 

@@ -14,6 +14,7 @@ from .agf_rules import RESIDUALS, AGFOptions, conv_rule, first_conv_zb, head_att
 from .graph import CONV, LINEAR, ModelGraph, Step
 from .numerics import per_image_max
 from .propagation import Grad, propagate, structural_rule
+from .weights import DerivedWeights
 
 
 class AGF:
@@ -31,6 +32,7 @@ class AGF:
         self.model = model
         self.options = AGFOptions(use_a, use_fx, use_fgrad, use_m, use_gate, residual)
         self.graph = ModelGraph(model)
+        self._weights = DerivedWeights()
         self._override_conv_roles(set(flat_convs), "flat")
         self._override_conv_roles(set(full_convs), "full")
 
@@ -78,14 +80,14 @@ class AGF:
         x = inputs[0]
         if step.kind == CONV:
             if step.role == "first":
-                return [first_conv_zb(step, x, r)], [None]
-            rel, g_in = conv_rule(step, x, r, g, self.options)
+                return [first_conv_zb(step, x, r, self._weights)], [None]
+            rel, g_in = conv_rule(step, x, r, g, self.options, self._weights)
             return [rel], [g_in]
         if step.kind == LINEAR:
             shape = env[step.boundary_source].shape if step.boundary_source is not None else None
             if shape is not None and len(shape) != 4:
                 shape = None
-            rel, g_in = linear_rule(step, x, r, g, shape)
+            rel, g_in = linear_rule(step, x, r, g, shape, self._weights)
             return [rel], [g_in]
         raise NotImplementedError(f"AGF has no rule for {step.kind} step '{step.node.name}'")
 

@@ -9,7 +9,8 @@ from torch import Tensor
 from torch.nn.grad import conv2d_input
 
 from .graph import Step
-from .numerics import delta_shift, normalize_by_max, per_image_max, per_image_min, safe_divide
+from .weights import DerivedWeights
+from .numerics import delta_shift, keep, normalize_by_max, per_image_max, per_image_min, safe_divide
 
 RESIDUALS = ("agf", "gradcam", "none")
 
@@ -53,24 +54,28 @@ def conv_transpose(m, out: Tensor, weight: Tensor, input_shape: torch.Size) -> T
     return conv2d_input(shape, weight, out, m.stride, m.padding, m.dilation, m.groups)
 
 
-def linear_c_rule(x: Tensor, weight: Tensor, r: Tensor) -> Tensor:
+def linear_c_rule(x: Tensor, weight: Tensor, r: Tensor, cache: DerivedWeights) -> Tensor:
     """C = G(|x|, |W|, Φ): LRP-0 with absolute inputs and weights, no bias."""
-    xa, wa = x.abs(), weight.abs()
-    s = safe_divide(r, F.linear(xa, wa) * (r != 0))
+    xa, wa = x.abs(), cache.get(weight, "abs", Tensor.abs)
+    s = safe_divide(r, keep(F.linear(xa, wa), r != 0))
     return xa * (s @ wa)
 
 
-def first_conv_zb(step: Step, x: Tensor, r: Tensor) -> Tensor:
+def first_conv_zb(step: Step, x: Tensor, r: Tensor, cache: DerivedWeights) -> Tensor:
     """z^B rule with per-image bounds (min and max of the input over all channels and pixels)."""
     m = step.module
     w = m.weight
-    wp, wn = w.clamp(min=0), w.clamp(max=0)
+    wp = cache.get(w, "pos", lambda v: v.clamp(min=0))
+    wn = cache.get(w, "neg", lambda v: v.clamp(max=0))
     low, high = per_image_min(x), per_image_max(x)
-    ones = torch.ones_like(x[:1])
-    z = conv_forward(m, x, w) - low * conv_forward(m, ones, wp) - high * conv_forward(m, ones, wn)
+    ones_maps = cache.get(w, ("ones", x.shape[1:]), lambda v: conv_forward(
+        m, torch.ones_like(x[:1]), torch.cat([wp, wn])))  # conv(1, W+) and conv(1, W-) in one call
+    ones_p, ones_n = ones_maps.chunk(2, dim=1)
+    z = conv_forward(m, x, w) - low * ones_p - high * ones_n
     s = safe_divide(r, z)
     if m.groups == 1:  # the three transposed convolutions as one call
-        back = conv_transpose(m, s, torch.cat([w, wp, wn], dim=1), (x.shape[0], 3 * x.shape[1]) + x.shape[2:])
+        stacked = cache.get(w, "w|w+|w-", lambda v: torch.cat([v, wp, wn], dim=1))
+        back = conv_transpose(m, s, stacked, (x.shape[0], 3 * x.shape[1]) + x.shape[2:])
         bw, bp, bn = back.split(x.shape[1], dim=1)
     else:
         bw, bp, bn = (conv_transpose(m, s, v, x.shape) for v in (w, wp, wn))
@@ -84,26 +89,32 @@ def factorization(y: Tensor, phi: Tensor) -> Tensor:
     masks = torch.cat([phi < 0, phi > 0], dim=1).reshape(b, 2, -1).to(y.dtype)
     reps = safe_divide(h @ masks.transpose(1, 2), masks.sum(dim=2)[:, None, :])  # B×C×2: [R_b, R_f]
     rt = reps.transpose(1, 2)
-    eye = torch.eye(2, dtype=y.dtype, device=y.device)
-    w = torch.relu(torch.linalg.solve(rt @ reps + eye, rt @ h))  # B×2×HW, ridge with λ = 1
+    # Ridge with λ = 1: W = (RᵀR + I)⁻¹ RᵀH, the 2×2 inverse in closed form.
+    gram = rt @ reps
+    p, q, r = gram[:, 0, 0] + 1, gram[:, 0, 1], gram[:, 1, 1] + 1
+    det = p * r - q * q
+    inverse = torch.stack([torch.stack([r, -q], 1), torch.stack([-q, p], 1)], 1) / det[:, None, None]
+    w = torch.relu((inverse @ rt) @ h)  # B×2×HW
     return (w[:, 1] - w[:, 0]).reshape((b, 1) + y.shape[2:])
 
 
-def conv_rule(step: Step, x: Tensor, r: Tensor, g: Tensor, opts: AGFOptions) -> tuple[Tensor, Tensor]:
+def conv_rule(step: Step, x: Tensor, r: Tensor, g: Tensor, opts: AGFOptions,
+              cache: DerivedWeights) -> tuple[Tensor, Tensor]:
     """Relevance and gradient at a convolution's input: C-rule for "flat" convs, full AGF otherwise."""
     m = step.module
     w = m.weight
-    mask = (r != 0).to(r.dtype)
-    wa, xa = w.abs(), x.abs()
+    mask = r != 0
+    wa, xa = cache.get(w, "abs", Tensor.abs), x.abs()
     full = step.role == "full" and opts.residual != "none"
-    need_masked = full and (opts.use_fgrad or opts.residual == "gradcam") and bool((g * (1 - mask) != 0).any())
-    grads = conv_transpose(m, torch.cat([g, g * mask]) if need_masked else g, w, x.shape)
+    need_masked = full and (opts.use_fgrad or opts.residual == "gradcam") and bool((g.ne(0) & ~mask).any())
+    grads = conv_transpose(m, torch.cat([g, keep(g, mask)]) if need_masked else g, w, x.shape)
     g_in, g_masked = (grads.chunk(2) if need_masked else (grads, grads))
 
-    s_c = safe_divide(r, conv_forward(m, xa, wa) * mask)
+    s_c = safe_divide(r, keep(conv_forward(m, xa, wa), mask))
     use_a = full and opts.use_a
     if use_a:
-        z_ones = conv_forward(m, torch.ones_like(x[:1]), wa) * mask
+        z_ones = keep(cache.get(w, ("ones|abs", x.shape[1:]), lambda v: conv_forward(
+            m, torch.ones_like(x[:1]), wa)), mask)  # the A-rule's denominators do not depend on x
         back = conv_transpose(m, torch.cat([s_c, safe_divide(r, z_ones)]), wa, x.shape)
         back_c, a = back.chunk(2)
     else:
@@ -126,17 +137,18 @@ def conv_rule(step: Step, x: Tensor, r: Tensor, g: Tensor, opts: AGFOptions) -> 
         res = res + torch.relu(factorization(g_masked, c.mean(dim=1, keepdim=True)))
     if use_a:
         res = res + a
-    return delta_shift(c, res * (c != 0)), g_in
+    return delta_shift(c, keep(res, c != 0)), g_in
 
 
-def linear_rule(step: Step, x: Tensor, r: Tensor, g: Tensor, boundary_shape: torch.Size | None) -> tuple[Tensor, Tensor]:
+def linear_rule(step: Step, x: Tensor, r: Tensor, g: Tensor, boundary_shape: torch.Size | None,
+                cache: DerivedWeights) -> tuple[Tensor, Tensor]:
     """C-rule for Linear layers; at the flatten boundary, Δ-shifted by the feature map's M."""
     w = step.module.weight
-    c = linear_c_rule(x, w, r)
+    c = linear_c_rule(x, w, r, cache)
     g_in = g @ w
     if boundary_shape is None:
         return c, g_in
     x4, g4 = x.reshape(boundary_shape), g_in.reshape(boundary_shape)
     m = (x4 * g4).mean(dim=1, keepdim=True).expand(boundary_shape).reshape(x.shape)
-    m = normalize_by_max(torch.relu(m) * (c != 0))
+    m = normalize_by_max(keep(torch.relu(m), c != 0))
     return delta_shift(c, m), g_in

@@ -8,7 +8,7 @@ import torch.fx as fx
 from torch import Tensor
 
 from .graph import ADD, ADD_CONST, INPUT, NORM, PASS, POOL, RELU, RESHAPE, ModelGraph, Step
-from .numerics import safe_divide
+from .numerics import keep, safe_divide
 
 Grad = Optional[Tensor]
 # A rule maps (step, input values, output value, relevance at the output, gradient at the output)
@@ -29,7 +29,7 @@ def propagate(graph: ModelGraph, env: dict[fx.Node, Any], start: fx.Node, releva
         value = env[node]
         r = parts[0] if len(parts) == 1 else fork_relevance(value, parts)
         g_parts = grads.pop(node, None)
-        g = None if g_parts is None else (g_parts[0] if len(g_parts) == 1 else torch.stack(g_parts).sum(0))
+        g = None if g_parts is None else _total(g_parts)
         if step.kind == INPUT:
             return r
         inputs = [env[i] for i in step.inputs]
@@ -43,14 +43,21 @@ def propagate(graph: ModelGraph, env: dict[fx.Node, Any], start: fx.Node, releva
 
 def fork_relevance(value: Tensor, parts: list[Tensor]) -> Tensor:
     """Merge the relevance of a tensor used by several layers: X ⊙ safe_divide(ΣR_i, X)."""
-    return value * safe_divide(torch.stack(parts).sum(0), value)
+    return value * safe_divide(_total(parts), value)
+
+
+def _total(parts: list[Tensor]) -> Tensor:
+    total = parts[0]
+    for p in parts[1:]:
+        total = total + p
+    return total
 
 
 def vjp(step: Step, x: Tensor, cotangents: list[Tensor]) -> list[Tensor]:
     """Vector-Jacobian products of a single-input step's own function at x."""
     if step.kind == RELU:
         positive = x > 0
-        return [torch.where(positive, c, torch.zeros((), dtype=c.dtype, device=c.device)) for c in cotangents]
+        return [keep(c, positive) for c in cotangents]
     with torch.enable_grad():
         xg = x.detach().requires_grad_(True)
         y = step.op(xg)
@@ -59,7 +66,7 @@ def vjp(step: Step, x: Tensor, cotangents: list[Tensor]) -> list[Tensor]:
 
 def z_rule(step: Step, x: Tensor, y: Tensor, r: Tensor, g: Grad) -> tuple[list, list]:
     """LRP-0 through the step's own gradient: R_in = X ⊙ J^T safe_divide(R, Y ⊙ 1[R≠0])."""
-    s = safe_divide(r, y * (r != 0))
+    s = safe_divide(r, keep(y, r != 0))
     cot = [s] if g is None else [s, g]
     back = vjp(step, x, cot)
     return [x * back[0]], [None if g is None else back[1]]
@@ -90,7 +97,7 @@ def structural_rule(step: Step, inputs: list, y: Tensor, r: Tensor, g: Grad) -> 
         return z_rule(step, inputs[0], y, r, g)
     if kind == ADD:
         a, b = inputs
-        s = safe_divide(r, y * (r != 0))
+        s = safe_divide(r, keep(y, r != 0))
         return [a * s, b * s], [g, g]
     return None
 
