@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
+
+from sslx._io import atomic_write
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -496,14 +497,8 @@ class ScenesDataset(Dataset):
         if path.exists():
             return self._load_cached(path, i)
         rendered = self.render(i)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, image=rendered.image, mask=rendered.mask, instance=rendered.instance)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda f: np.savez(f, image=rendered.image, mask=rendered.mask,
+                                              instance=rendered.instance))
         return rendered
 
     def _load_cached(self, path: Path, i: int) -> RenderedScene:

@@ -1,11 +1,9 @@
 """Checksummed single-file storage of JSON metadata plus tensors, written atomically."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -13,23 +11,12 @@ from typing import IO, Any
 import torch
 from torch import Tensor
 
+from sslx._io import atomic_write as _atomic_write
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Write a file through `write(fileobj)` into a temp file next to `path`, then os.replace it there."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write a file through `write(fileobj)` atomically, creating its folder if needed."""
+    return _atomic_write(path, write, make_parents=True)
 
 
 def write_payload(path: str | os.PathLike, kind: str, version: int, meta: dict[str, Any], tensors: dict[str, Tensor]) -> Path:

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from matplotlib.figure import Figure
+
+from sslx._io import atomic_write
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: float = 100) -> Path:
@@ -17,15 +18,4 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: float = 100) -> Path:
     target = Path(path)
     if target.suffix.lower() != ".png":
         raise ValueError(f"save_figure writes PNG files; path must end in .png, got {str(target)!r}")
-    if not target.parent.is_dir():
-        raise FileNotFoundError(f"folder {str(target.parent)!r} does not exist (cannot save {target.name})")
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=dpi)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return target
+    return atomic_write(target, lambda fh: fig.savefig(fh, format="png", dpi=dpi))
