@@ -1,0 +1,192 @@
+"""Explain a trained probe on held-out images and score the explanations (segmentation, perturbation).
+
+Conventions (also written into metrics.json by the CLI, see `CONVENTIONS`):
+- Segmentation: the map explains the ground-truth class; foreground = mask > 0 (the object); threshold 0
+  for signed maps (AGF), the map's mean for non-negative ones (Grad-CAM); pixel accuracy and mIoU are
+  dataset-level, mAP is the mean per-image average precision; all in %.
+- Negative perturbation: the least relevant pixels are zeroed first (p = 0.1 … 0.9 of the image) and the
+  probe classifies the result. "predicted": the map explains the clean prediction and counts agreement
+  with it; "target": the map explains the label and counts agreement with the label. AUC is the
+  trapezoidal area of accuracy (%) over p in [0.1, 0.9] (a constant 100 % scores 80); higher is better.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from sslx.data.transforms import denormalize, normalize
+from sslx.metrics import DEFAULT_FRACTIONS, PerturbationAccuracy, SegmentationScores, perturbation_correct
+
+GRADCAM = "gradcam"
+SEGMENTATION_KEYS = ("pixel_accuracy", "mAP", "mIoU", "iou_background", "iou_foreground", "n_ap_images")
+VARIANTS = ("predicted", "target")
+CONVENTIONS = {
+    "segmentation": "maps explain the ground-truth class; foreground = mask > 0; threshold 0 for signed maps, "
+                    "the per-image mean for non-negative maps; pixel_accuracy and mIoU dataset-level, mAP = mean "
+                    "per-image average precision; all in %",
+    "perturbation": "negative test: least relevant pixels zeroed first on the [0,1] image, then normalised and "
+                    "classified by the probe; 'predicted' explains and scores the clean prediction, 'target' the "
+                    "label; accuracy in % per fraction; auc = trapezoid over the listed fractions "
+                    "(0.1..0.9, p = 0 excluded: a constant 100 % gives 80); higher is better",
+    "probe_accuracy": "top-1 accuracy (%) of the probe on the held-out images",
+    "heatmaps": "as returned by sslx.explain: AGF signed, per-image max-normalised; gradcam (and other methods) "
+                "with their defaults, Grad-CAM taken at the output of the probed layer",
+}
+
+
+def available_methods() -> tuple[str, ...]:
+    """Explanation methods a probe can be scored with (those of `sslx.explain`)."""
+    from sslx.explain_api import METHODS
+
+    return tuple(sorted(METHODS))
+
+
+def make_explainer(method: str, model: nn.Module, cam_layer: str) -> Any:
+    """An object with `.attribute(x, target)` for `method`; Grad-CAM reads the submodule named `cam_layer`."""
+    from sslx.explain_api import METHODS
+
+    if method not in METHODS:
+        raise ValueError(f"unknown explanation method {method!r}; available: {available_methods()}")
+    if method == GRADCAM:
+        return METHODS[method](model, layer=cam_layer)
+    return METHODS[method](model)
+
+
+def explain_both(explainer: Any, x: Tensor, labels: Tensor, predictions: Tensor) -> tuple[Tensor, Tensor]:
+    """Maps for the labels and for the predictions (recomputed only where the two differ)."""
+    # Gradient methods need autograd even inside an evaluation loop's no_grad.
+    with torch.enable_grad():
+        for_label = explainer.attribute(x, labels).detach()
+        for_prediction = for_label.clone()
+        wrong = (predictions != labels).nonzero().flatten()
+        if wrong.numel():
+            for_prediction[wrong] = explainer.attribute(x[wrong], predictions[wrong]).detach().to(for_label.dtype)
+    return for_label, for_prediction
+
+
+class ExplanationEvaluation(pl.LightningModule):
+    """Trainer.test module: probe accuracy, segmentation and negative-perturbation scores per method.
+
+    `cam_layer` names the submodule whose output Grad-CAM reads (the probed layer). Every number is
+    logged as a scalar (``probe/accuracy``, ``<method>/segmentation/mAP``,
+    ``<method>/perturbation_predicted/auc``, ``…/accuracy@0.1``, …), so ``Trainer.test`` returns them under
+    any strategy; `nest_results` turns them back into a nested dict. Metrics sum across processes.
+    """
+
+    def __init__(self, model: nn.Module, cam_layer: str, methods: Sequence[str], mean: Sequence[float],
+                 std: Sequence[float], *, with_masks: bool = True,
+                 fractions: Sequence[float] = DEFAULT_FRACTIONS, num_classes: int | None = None) -> None:
+        super().__init__()
+        if not methods:
+            raise ValueError("methods is empty; give at least one explanation method")
+        unknown = [m for m in methods if m not in available_methods()]
+        if unknown:
+            raise ValueError(f"unknown explanation methods {unknown}; available: {available_methods()}")
+        if not isinstance(getattr(model, cam_layer, None), nn.Module):
+            raise ValueError(f"the model has no submodule {cam_layer!r} (the layer Grad-CAM reads)")
+        self.model = model.eval()
+        self.cam_layer = cam_layer
+        self.methods = tuple(methods)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.with_masks = with_masks
+        self.fractions = tuple(fractions)
+        self.num_classes = num_classes if num_classes is not None else int(model[-1].out_features)
+        self.accuracy = MulticlassAccuracy(self.num_classes, average="micro")
+        self.segmentation = nn.ModuleDict({m: SegmentationScores() for m in self.methods}) if with_masks else None
+        self.perturbation = nn.ModuleDict({f"{m}_{v}": PerturbationAccuracy(self.fractions)
+                                           for m in self.methods for v in VARIANTS})
+        self._explainers: dict[str, Any] = {}
+
+    def train(self, mode: bool = True) -> "ExplanationEvaluation":
+        """The explained network always stays in eval mode."""
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_explainers"] = {}  # traced graphs are rebuilt where they are used (e.g. after ddp_spawn)
+        return state
+
+    def explainer(self, method: str) -> Any:
+        """The (cached) explainer for `method` on the probe network."""
+        if method not in self._explainers:
+            self._explainers[method] = make_explainer(method, self.model, self.cam_layer)
+        return self._explainers[method]
+
+    def _normalizer(self) -> Callable[[Tensor], Tensor]:
+        return functools.partial(normalize, mean=self.mean, std=self.std)
+
+    def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        x, labels = batch["image"], batch["label"]
+        logits = self.model(x)
+        predictions = logits.argmax(dim=1)
+        self.accuracy.update(predictions, labels)
+        pixels = denormalize(x, self.mean, self.std).clamp(0.0, 1.0)
+        for method in self.methods:
+            for_label, for_prediction = explain_both(self.explainer(method), x, labels, predictions)
+            if self.segmentation is not None:
+                self.segmentation[method].update(for_label, batch["mask"])
+            for variant, maps, targets in (("predicted", for_prediction, predictions), ("target", for_label, labels)):
+                correct = perturbation_correct(self.model, pixels, maps, targets, "negative", self.fractions,
+                                               self._normalizer())
+                self.perturbation[f"{method}_{variant}"].update(correct)
+
+    def on_test_epoch_end(self) -> None:
+        values: dict[str, float] = {"probe/accuracy": 100.0 * float(self.accuracy.compute())}
+        for method in self.methods:
+            if self.segmentation is not None:
+                scores = self.segmentation[method].compute()
+                values.update({f"{method}/segmentation/{k}": float(scores[k]) for k in SEGMENTATION_KEYS})
+            for variant in VARIANTS:
+                curve = self.perturbation[f"{method}_{variant}"].compute()
+                prefix = f"{method}/perturbation_{variant}"
+                values[f"{prefix}/auc"] = float(curve["auc"])
+                values[f"{prefix}/n_images"] = float(curve["n_images"])
+                for p, acc in zip(self.fractions, curve["accuracy"].tolist()):
+                    values[f"{prefix}/accuracy@{p:g}"] = acc
+        for name, value in values.items():
+            # Values are already synced by the Metrics; sync_dist averages identical numbers.
+            self.log(name, value, sync_dist=True)
+
+
+def nest_results(logged: Mapping[str, float], methods: Sequence[str], fractions: Sequence[float],
+                 with_masks: bool) -> dict[str, Any]:
+    """Turn ExplanationEvaluation's flat scalars into {probe_accuracy, n_images, methods: {m: {...}}}.
+
+    Values are rounded to 4 decimals: Lightning reports logged scalars in float32.
+    """
+    def get(key: str) -> float:
+        if key not in logged:
+            raise KeyError(f"evaluation did not report {key!r} (got {sorted(logged)[:8]}…)")
+        return round(float(logged[key]), 4)
+
+    methods_out: dict[str, Any] = {}
+    for method in methods:
+        entry: dict[str, Any] = {}
+        if with_masks:
+            entry.update({k: get(f"{method}/segmentation/{k}") for k in SEGMENTATION_KEYS})
+            entry["n_ap_images"] = int(round(entry["n_ap_images"]))
+        for variant in VARIANTS:
+            prefix = f"{method}/perturbation_{variant}"
+            entry[f"perturbation_{variant}"] = {
+                "auc": get(f"{prefix}/auc"),
+                "fractions": [float(p) for p in fractions],
+                "accuracy": [get(f"{prefix}/accuracy@{p:g}") for p in fractions],
+            }
+        methods_out[method] = entry
+    n_images = int(round(get(f"{methods[0]}/perturbation_target/n_images")))
+    return {"probe_accuracy": get("probe/accuracy"), "n_images": n_images, "methods": methods_out}
+
+
+def explain_images(model: nn.Module, cam_layer: str, methods: Sequence[str], x: Tensor,
+                   target: Tensor) -> dict[str, Tensor]:
+    """Maps B×1×H×W per method for a small batch (e.g. the overlay scenes), explaining `target`."""
+    with torch.enable_grad():
+        return {m: make_explainer(m, model, cam_layer).attribute(x, target).detach() for m in methods}
