@@ -51,3 +51,13 @@ def resolve_targets(target: object, logits: Tensor) -> Tensor:
         bad = t[(t < 0) | (t >= num_classes)].tolist()
         raise ValueError(f"target class ids {bad} out of range for a model with {num_classes} outputs")
     return t.contiguous()
+
+
+def check_model_matches(model: torch.nn.Module, x: Tensor) -> None:
+    """Raise unless `x` has the dtype and device of the model's parameters."""
+    for name, p in list(model.named_parameters())[:1]:
+        if p.dtype != x.dtype:
+            raise TypeError(f"x is {x.dtype} but the model's parameters are {p.dtype} ({name}); "
+                            "cast one of them (e.g. model.double() with a float64 x)")
+        if p.device != x.device:
+            raise ValueError(f"x is on {x.device} but the model is on {p.device}; move one of them")

@@ -7,10 +7,23 @@ import torch.nn as nn
 from torch import Tensor
 
 from .attribution.agf import AGF
+from .attribution.gradient import FullGrad, GradCAM, GradientShap, IntegratedGradients, SmoothGrad
+from .attribution.lrp import CLRP, LRP, SGLRP
+from .attribution.rap import RAP
 
 # name -> factory(model, **options) returning an object with .attribute(x, target)
 METHODS: dict[str, Callable[..., Any]] = {
     "agf": AGF,
+    "lrp": LRP,
+    "lrp_ab": lambda model, **options: LRP(model, alpha=2, **options),
+    "clrp": CLRP,
+    "sglrp": SGLRP,
+    "rap": RAP,
+    "gradcam": GradCAM,
+    "fullgrad": FullGrad,
+    "integrated_gradients": IntegratedGradients,
+    "smoothgrad": SmoothGrad,
+    "gradient_shap": GradientShap,
 }
 
 

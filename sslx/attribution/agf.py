@@ -9,7 +9,7 @@ import torch.fx as fx
 import torch.nn as nn
 from torch import Tensor
 
-from .._validate import check_image_batch, resolve_targets
+from .._validate import check_image_batch, check_model_matches, resolve_targets
 from .agf_rules import RESIDUALS, AGFOptions, conv_rule, first_conv_zb, head_attribution, linear_rule
 from .graph import CONV, LINEAR, ModelGraph, Step
 from .numerics import per_image_max
@@ -52,7 +52,7 @@ class AGF:
     def attribute(self, x: Tensor, target: Any = None, *, normalize: bool = True) -> Tensor:
         """Heatmaps B×1×H×W for `target` (None = top-1, int, or LongTensor[B]); dtype/device follow x."""
         check_image_batch(x, "x", channels=None)
-        self._check_model_matches(x)
+        check_model_matches(self.model, x)
         with torch.no_grad():
             env = self.graph.run(x)
             logits = env[self.graph.head.node]
@@ -90,14 +90,6 @@ class AGF:
             rel, g_in = linear_rule(step, x, r, g, shape, self._weights)
             return [rel], [g_in]
         raise NotImplementedError(f"AGF has no rule for {step.kind} step '{step.node.name}'")
-
-    def _check_model_matches(self, x: Tensor) -> None:
-        for name, p in list(self.model.named_parameters())[:1] + list(self.model.named_buffers())[:0]:
-            if p.dtype != x.dtype:
-                raise TypeError(f"x is {x.dtype} but the model's parameters are {p.dtype} ({name}); "
-                                "cast one of them (e.g. model.double() with a float64 x)")
-            if p.device != x.device:
-                raise ValueError(f"x is on {x.device} but the model is on {p.device}; move one of them")
 
 
 def _warn_if_saturated(phi: Tensor) -> None:

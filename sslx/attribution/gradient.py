@@ -34,10 +34,14 @@ def channel_map(attribution: Tensor, absolute: bool) -> Tensor:
     return (attribution.abs() if absolute else attribution).sum(dim=1, keepdim=True).detach()
 
 
-def _positive_int(name: str, value: object) -> int:
+def _int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__}")
-    if value < 1:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    return int(value)
+
+
+def _positive_int(name: str, value: object) -> int:
+    if _int(name, value) < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
     return int(value)
 
@@ -114,6 +118,7 @@ class GradCAM:
         """The graph node whose output is explained."""
         return str(self.layer_node.target if self.layer_node.op == "call_module" else self.layer_node.name)
 
+    @torch.enable_grad()
     def attribute(self, x: Tensor, target: Any = None) -> Tensor:
         """Maps B×1×H×W in [0, 1] for `target` (None = top-1, int, or LongTensor[B]); dtype/device follow x."""
         env, logits, t = run_model(self.graph, x, target, with_grad=True)
@@ -181,6 +186,7 @@ class FullGrad:
         self.graph = ModelGraph(model)
         self.terms = bias_terms(self.graph)
 
+    @torch.enable_grad()
     def decompose(self, x: Tensor, target: Any = None) -> tuple[Tensor, list[Tensor]]:
         """(∇x y_t, [∇f y_t ⊙ b_f per bias term]): y_t = Σ x⊙∇x + Σ of all bias terms for ReLU networks."""
         env, logits, t = run_model(self.graph, x, target, with_grad=True)
@@ -269,21 +275,19 @@ class SmoothGrad:
     deviation), mean of ∂y_t/∂(x + noise) over the samples, then Σ_c |·|. Draws come from a private
     generator seeded with `seed`, one x-shaped draw per sample in order, so for one image they equal the
     reference's after `torch.manual_seed(seed)`; the reference takes σ over the whole batch, here per
-    image. (captum's NoiseTunnel cannot reproduce this: it draws float32 noise for all samples at once
+    image (a constant image gets no noise). (captum's NoiseTunnel cannot reproduce this: it draws float32 noise for all samples at once
     from the global generator, with one σ for the batch.)
     """
 
     def __init__(self, model: nn.Module, n_samples: int = 50, noise_level: float = 4.0, *, absolute: bool = True,
-                 seed: int = 0, samples_per_batch: int = 8):
+                 seed: int = 0, batch_size: int = 8):
         self.model = model
         self.graph = ModelGraph(model)
         self.n_samples = _positive_int("n_samples", n_samples)
         self.noise_level = _finite_float("noise_level", noise_level, minimum=0.0)
         self.absolute = _check_bool("absolute", absolute)
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-        self.seed = int(seed)
-        self.samples_per_batch = _positive_int("samples_per_batch", samples_per_batch)
+        self.seed = _int("seed", seed)
+        self.batch_size = _positive_int("batch_size", batch_size)  # noisy images per forward pass
 
     def attribute(self, x: Tensor, target: Any = None) -> Tensor:
         """Maps B×1×H×W for `target` (None = top-1, int, or LongTensor[B]); dtype/device follow x."""
@@ -295,8 +299,9 @@ class SmoothGrad:
         generator.manual_seed(self.seed)
         total = torch.zeros_like(x)
         head = self.graph.head.node
-        for start in range(0, self.n_samples, self.samples_per_batch):
-            k = min(self.samples_per_batch, self.n_samples - start)
+        per_pass = max(1, self.batch_size // x.shape[0])  # noisy copies of the batch per forward pass
+        for start in range(0, self.n_samples, per_pass):
+            k = min(per_pass, self.n_samples - start)
             noise = torch.stack([torch.empty_like(x).normal_(0.0, 1.0, generator=generator) for _ in range(k)])
             noisy = (x + noise * std).reshape((k * x.shape[0],) + x.shape[1:]).requires_grad_(True)
             with torch.enable_grad():
@@ -320,8 +325,7 @@ class GradientShap:
         self.model = model
         self.graph = ModelGraph(model)
         if isinstance(baselines, Tensor):
-            check_baselines = baselines
-            if check_baselines.dim() != 4 or check_baselines.shape[0] == 0 or not check_baselines.is_floating_point():
+            if baselines.dim() != 4 or baselines.shape[0] == 0 or not baselines.is_floating_point():
                 raise ValueError(f"baselines must be a float or a non-empty floating K×C×H×W tensor, got "
                                  f"shape {tuple(baselines.shape)} dtype {baselines.dtype}")
             self.baselines: float | Tensor = baselines
@@ -330,9 +334,7 @@ class GradientShap:
         self.n_samples = _positive_int("n_samples", n_samples)
         self.stdevs = _finite_float("stdevs", stdevs, minimum=0.0)
         self.absolute = _check_bool("absolute", absolute)
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-        self.seed = int(seed)
+        self.seed = _int("seed", seed)
 
     def attribute(self, x: Tensor, target: Any = None) -> Tensor:
         """Maps B×1×H×W for `target` (None = top-1, int, or LongTensor[B]); dtype/device follow x."""

@@ -25,11 +25,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._validate import check_image_batch, resolve_targets
+from .._validate import check_image_batch, check_model_matches, resolve_targets
 from .agf_rules import conv_forward, conv_transpose
-from .graph import CONV, INPUT, LINEAR, NORM, PASS, RELU, ModelGraph, Step, UnsupportedOperationError
+from .graph import CONV, LINEAR, NORM, PASS, RELU, ModelGraph, Step, UnsupportedOperationError
 from .numerics import STABILIZER, per_image_max, per_image_min, per_image_sum, safe_divide
-from .propagation import structural_rule
+from .propagation import plain_sum, propagate, structural_rule
 
 # A relevance rule: (step, input values, output value, relevance at the output) -> relevance per input.
 RelevanceRule = Callable[[Step, list, Tensor, Tensor], list]
@@ -41,32 +41,12 @@ def propagate_relevance(graph: ModelGraph, env: dict[fx.Node, Any], start: fx.No
     """Walk backwards from `start` (whose step the rule also handles) and return the input's relevance.
 
     A tensor read by several layers gets the plain sum of what they send back, as the reference's
-    residual blocks do (`x1 + x`); the engine's `propagate` merges with X ⊙ safe_divide(ΣR, X) instead.
+    residual blocks do (`x1 + x`), not AGF's X ⊙ safe_divide(ΣR, X) merge.
     """
-    rel: dict[fx.Node, list[Tensor]] = {start: [relevance]}
-    for node in reversed(list(graph.steps)):
-        parts = rel.pop(node, None)
-        if parts is None:
-            continue
-        r = parts[0]
-        for extra in parts[1:]:
-            r = r + extra
-        step = graph.steps[node]
-        if step.kind == INPUT:
-            return r
-        for i, ri in zip(step.inputs, rule(step, [env[i] for i in step.inputs], env[node], r)):
-            rel.setdefault(i, []).append(ri)
-    raise RuntimeError("relevance never reached the model's input: the head is not connected to the image")
+    def relevance_only(step, inputs, y, r, g):
+        return rule(step, inputs, y, r), [None] * len(step.inputs)
 
-
-def check_model_matches(model: nn.Module, x: Tensor) -> None:
-    """Raise unless `x` has the dtype and device of the model's parameters."""
-    for name, p in list(model.named_parameters())[:1]:
-        if p.dtype != x.dtype:
-            raise TypeError(f"x is {x.dtype} but the model's parameters are {p.dtype} ({name}); "
-                            "cast one of them (e.g. model.double() with a float64 x)")
-        if p.device != x.device:
-            raise ValueError(f"x is on {x.device} but the model is on {p.device}; move one of them")
+    return propagate(graph, env, start, relevance, None, relevance_only, merge=plain_sum)
 
 
 def run_model(graph: ModelGraph, x: Tensor, target: Any, *,
@@ -102,34 +82,36 @@ def _per_channel(v: Tensor, ndim: int) -> Tensor:
     return v.reshape((1, -1) + (1,) * (ndim - 2))
 
 
-def _affine_forward(step: Step, x: Tensor, weight: Tensor) -> Tensor:
+def affine_forward(step: Step, x: Tensor, weight: Tensor) -> Tensor:
+    """The Conv2d/Linear step's map applied with another weight, without bias."""
     return conv_forward(step.module, x, weight) if step.kind == CONV else F.linear(x, weight)
 
 
-def _affine_transpose(step: Step, s: Tensor, weight: Tensor, input_shape: torch.Size) -> Tensor:
+def affine_adjoint(step: Step, s: Tensor, weight: Tensor, input_shape: torch.Size) -> Tensor:
+    """The adjoint (transpose) of `affine_forward`, back to the input's shape."""
     return conv_transpose(step.module, s, weight, input_shape) if step.kind == CONV else s @ weight
 
 
 def alpha_beta_rule(step: Step, x: Tensor, weight: Tensor, r: Tensor, alpha: float, beta: float) -> Tensor:
-    """LRP-αβ without bias: α·f(W⁺, W⁻) − β·f(W⁻, W⁺), f summing the x⁺ and x⁻ parts (own denominators)."""
-    wp, wn = weight.clamp(min=0), weight.clamp(max=0)
+    """LRP-αβ without bias: α·f(W⁺, W⁻) − β·f(W⁻, W⁺); f sums the x⁺ and x⁻ parts, each with its own Z."""
+    negative_inputs = bool((x < 0).any())  # the x⁻ part is exactly zero for non-negative inputs
+    wp = weight.clamp(min=0)
+    wn = weight.clamp(max=0) if beta != 0 or negative_inputs else None
     out = _alpha_beta_part(step, x.clamp(min=0), wp, wn, r, alpha, beta)
-    if bool((x < 0).any()):  # the x⁻ part is exactly zero for non-negative inputs
+    if negative_inputs:
         out = out + _alpha_beta_part(step, x.clamp(max=0), wn, wp, r, alpha, beta)
     return out
 
 
-def _alpha_beta_part(step: Step, x1: Tensor, w_act: Tensor, w_inh: Tensor, r: Tensor, alpha: float,
+def _alpha_beta_part(step: Step, x1: Tensor, w_act: Tensor, w_inh: Tensor | None, r: Tensor, alpha: float,
                      beta: float) -> Tensor:
-    """x1 ⊙ (α·W_actᵀ sd(R, W_act·x1) − β·W_inhᵀ sd(R, W_inh·x1)) with one forward and one adjoint call."""
-    if beta == 0:
-        s = safe_divide(r, _affine_forward(step, x1, w_act))
-        back = _affine_transpose(step, s if alpha == 1 else alpha * s, w_act, x1.shape)
-        return x1 * back
-    w = torch.cat([w_act, w_inh], dim=0)  # both terms in one forward and one adjoint call
-    z_act, z_inh = _affine_forward(step, x1, w).chunk(2, dim=1)
-    s = torch.cat([alpha * safe_divide(r, z_act), -beta * safe_divide(r, z_inh)], dim=1)
-    return x1 * _affine_transpose(step, s, w, x1.shape)
+    """x1 ⊙ (α·W_actᵀ sd(R, W_act·x1) − β·W_inhᵀ sd(R, W_inh·x1))."""
+    s = safe_divide(r, affine_forward(step, x1, w_act))
+    back = affine_adjoint(step, s if alpha == 1 else alpha * s, w_act, x1.shape)
+    if beta != 0:
+        s_inh = safe_divide(r, affine_forward(step, x1, w_inh))
+        back = back - affine_adjoint(step, beta * s_inh, w_inh, x1.shape)
+    return x1 * back
 
 
 def zb_rule(step: Step, x: Tensor, r: Tensor, stabilized: bool, weight: Tensor | None = None) -> Tensor:
@@ -224,7 +206,19 @@ def _check_alpha(alpha: object) -> float:
 
 # -- methods --------------------------------------------------------------------------------------
 class LRP:
-    """LRP-αβ heatmaps (α=1: "lrp", α=2: "lrp_ab"); `attribute` returns the signed, unnormalised B×1×H×W map."""
+    """LRP-αβ heatmaps (α=1: "lrp", α=2: "lrp_ab"); `attribute` returns the signed, unnormalised B×1×H×W map.
+
+    The map is Σ_c of the input relevance for R = one_hot(t)·logits, in logit units.
+    `fold_batchnorm=True` gives canonical LRP. For α=1 it equals zennit's
+    `SpecialFirstLayerMapComposite(layer_map=layer_map_base(s) + [((Convolution, Linear), ZPlus(s,
+    zero_params="bias"))], first_map=[(Convolution, ZBox(L, H, s, zero_params="bias"))],
+    canonizers=[VGGCanonizer() or ResNetCanonizer()])` with the stabiliser s(z) = z + 1e-9, per-image
+    L = min x and H = max x, and the same initial relevance. Max-pooling is the one difference: here it uses
+    the z-rule, in zennit the plain gradient, so the two differ by O(1e-9 / pooled value) (checked to 1e-5
+    in tests/test_baselines.py). zennit's own `EpsilonPlusFlat` differs: ε-rule on Linear layers, flat
+    rule on the first one. When every BatchNorm scale γ is positive, folding leaves the map unchanged
+    (αβ's ratios are invariant to positive per-unit scales), as with the golden weights.
+    """
 
     def __init__(self, model: nn.Module, alpha: float = 1, *, fold_batchnorm: bool = False):
         if not isinstance(fold_batchnorm, bool):

@@ -17,8 +17,13 @@ Rule = Callable[[Step, list, Tensor, Tensor, Grad], tuple[list, list]]
 
 
 def propagate(graph: ModelGraph, env: dict[fx.Node, Any], start: fx.Node, relevance: Tensor,
-              grad: Grad, rule: Rule) -> Tensor:
-    """Walk the graph backwards from `start` (the head's input) and return the input's relevance."""
+              grad: Grad, rule: Rule, merge: Callable[[Tensor, list[Tensor]], Tensor] | None = None) -> Tensor:
+    """Walk the graph backwards from `start` and return the input's relevance.
+
+    A tensor read by several layers merges their relevance with `merge(value, parts)`; the default is
+    AGF's X ⊙ safe_divide(ΣR_i, X) (the reference's Clone), `plain_sum` is what its LRP code does.
+    """
+    merge = fork_relevance if merge is None else merge
     rel: dict[fx.Node, list[Tensor]] = {start: [relevance]}
     grads: dict[fx.Node, list[Tensor]] = {start: [grad]} if grad is not None else {}
     for node in reversed(list(graph.steps)):
@@ -27,7 +32,7 @@ def propagate(graph: ModelGraph, env: dict[fx.Node, Any], start: fx.Node, releva
         step = graph.steps[node]
         parts = rel.pop(node)
         value = env[node]
-        r = parts[0] if len(parts) == 1 else fork_relevance(value, parts)
+        r = parts[0] if len(parts) == 1 else merge(value, parts)
         g_parts = grads.pop(node, None)
         g = None if g_parts is None else _total(g_parts)
         if step.kind == INPUT:
@@ -44,6 +49,11 @@ def propagate(graph: ModelGraph, env: dict[fx.Node, Any], start: fx.Node, releva
 def fork_relevance(value: Tensor, parts: list[Tensor]) -> Tensor:
     """Merge the relevance of a tensor used by several layers: X ⊙ safe_divide(ΣR_i, X)."""
     return value * safe_divide(_total(parts), value)
+
+
+def plain_sum(value: Tensor, parts: list[Tensor]) -> Tensor:
+    """Merge the relevance of a tensor used by several layers as the plain sum ΣR_i."""
+    return _total(parts)
 
 
 def _total(parts: list[Tensor]) -> Tensor:
@@ -107,4 +117,4 @@ def unsupported(step: Step) -> Any:
     raise NotImplementedError(f"no rule for {step.kind} step '{step.node.name}'")
 
 
-__all__ = ["propagate", "fork_relevance", "z_rule", "norm_grad", "structural_rule", "vjp"]
+__all__ = ["propagate", "fork_relevance", "plain_sum", "z_rule", "norm_grad", "structural_rule", "vjp"]

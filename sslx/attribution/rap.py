@@ -21,22 +21,14 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from .agf_rules import conv_forward, conv_transpose
 from .graph import CONV, LINEAR, NORM, PASS, RELU, ModelGraph, Step
-from .lrp import propagate_relevance, reference_norm_scale, run_model, target_relevance, zb_rule
+from .lrp import (affine_adjoint, affine_forward, propagate_relevance, reference_norm_scale, run_model,
+                  target_relevance, zb_rule)
 from .numerics import per_image_sum, safe_divide
 from .propagation import structural_rule
-
-
-def _forward(step: Step, x: Tensor, weight: Tensor) -> Tensor:
-    return conv_forward(step.module, x, weight) if step.kind == CONV else F.linear(x, weight)
-
-
-def _adjoint(step: Step, s: Tensor, weight: Tensor, input_shape: torch.Size) -> Tensor:
-    return conv_transpose(step.module, s, weight, input_shape) if step.kind == CONV else s @ weight
 
 
 def shift_to_total(c: Tensor, target_total: Tensor) -> Tensor:
@@ -45,10 +37,14 @@ def shift_to_total(c: Tensor, target_total: Tensor) -> Tensor:
     return c - safe_divide(per_image_sum(c) - target_total, per_image_sum(nonzero)) * nonzero
 
 
-def _signed_part(step: Step, x1: Tensor, w1: Tensor, w2: Tensor, r: Tensor, mask: Tensor) -> Tensor:
-    """One input sign: Z1 = m⊙(w1·x1) and Z2 = m⊙(w2·x1) share R⁺ and R⁻ by their ratios, then the shift."""
-    w = torch.cat([w1, w2], dim=0)
-    z1, z2 = (_forward(step, x1, w) * torch.cat([mask, mask], dim=1)).chunk(2, dim=1)
+def _signed_part(step: Step, x1: Tensor, w1: Tensor, sign1: float, w2: Tensor, sign2: float, r: Tensor,
+                 mask: Tensor) -> Tensor:
+    """One input sign: Z1 = m⊙(±w1·x1) and Z2 = m⊙(±w2·x1) share R⁺ and R⁻ by their ratios, then the shift.
+
+    The signs are applied to the outputs (exact) rather than to copies of the weights (large for Linear).
+    """
+    z1 = sign1 * affine_forward(step, x1, w1) * mask
+    z2 = sign2 * affine_forward(step, x1, w2) * mask
     r_pos, r_neg = r.clamp(min=0), r.clamp(max=0)
     z = z1 + z2
     whole = safe_divide(z, z)  # ≈ 1: the reference keeps this factor
@@ -59,8 +55,8 @@ def _signed_part(step: Step, x1: Tensor, w1: Tensor, w2: Tensor, r: Tensor, mask
         s2 = s2 + safe_divide(r_neg * whole, z2)
     else:
         s1 = s1 + safe_divide(r_neg * whole, z1)
-    c = x1 * _adjoint(step, torch.cat([s1, s2], dim=1), w, x1.shape)
-    return shift_to_total(c, per_image_sum(r))
+    back = sign1 * affine_adjoint(step, s1, w1, x1.shape) + sign2 * affine_adjoint(step, s2, w2, x1.shape)
+    return shift_to_total(x1 * back, per_image_sum(r))
 
 
 def positive_negative_rule(step: Step, x: Tensor, r: Tensor) -> Tensor:
@@ -68,9 +64,9 @@ def positive_negative_rule(step: Step, x: Tensor, r: Tensor) -> Tensor:
     w = step.module.weight
     wp, wn = w.clamp(min=0), w.clamp(max=0)
     mask = (r != 0).to(r.dtype)
-    out = _signed_part(step, x.clamp(min=0), wp, -wn, r, mask)
+    out = _signed_part(step, x.clamp(min=0), wp, 1.0, wn, -1.0, r, mask)
     if bool((x < 0).any()):  # for non-negative inputs every term of the x⁻ part is exactly zero
-        out = out + _signed_part(step, x.clamp(max=0), -wp, wn, r, mask)
+        out = out + _signed_part(step, x.clamp(max=0), wp, -1.0, wn, 1.0, r, mask)
     return out
 
 
