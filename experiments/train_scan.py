@@ -1,0 +1,222 @@
+"""Train the embedded SCAN model (SimCLR pretext, kNN mining, SCAN clustering loss) and save it in the SCAN layout.
+
+    python experiments/train_scan.py               # writes ssl_models/assets/scan.pth
+
+1. Pretext: SimCLR (NT-Xent on two augmented views) trains a small ResNet(Bottleneck) backbone
+   with an MLP contrastive head (not saved, as in SCAN's clustering files).
+2. Mining: the `knn` nearest neighbours of every train scene in L2-normalised backbone features.
+3. SCAN: several linear cluster heads are trained on the frozen backbone (SCAN's ImageNet setting:
+   heads only) with the SCAN loss, consistency with a neighbour minus `entropy_weight` × entropy of
+   the mean prediction. The best head is the one with the lowest SCAN loss on the val split.
+Saved as {'model': backbone.* + cluster_head.{h}.*, 'head': numpy.int64(best)}.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from train_common import (ASSETS, Clock, OneCycleModule, agf_check, batched, color_augment, file_mb, load_split,
+                          make_trainer, predict, setup, tensor_loader, to_input, write_report)
+
+
+def resnet_backbone(widths: tuple[int, ...], stem_width: int) -> nn.Module:
+    """SmallResNet without its classifier (fc = Identity): images → B×(4·widths[-1]) pooled features."""
+    from sslx.models import SmallResNet
+
+    net = SmallResNet(widths=widths, depths=(1, 1, 1, 1), stem_width=stem_width, num_classes=1)
+    net.fc = nn.Identity()
+    return net
+
+
+def random_view(images: Tensor) -> Tensor:
+    """A SimCLR view of uint8 scenes: colour augmentation, then a random rotation, mirror and zoom-in crop."""
+    x = color_augment(images)
+    b = x.shape[0]
+    angle = 2 * math.pi * torch.rand(b)
+    scale = 0.6 + 0.4 * torch.rand(b)                      # fraction of the image side the view covers
+    mirror = torch.where(torch.rand(b) < 0.5, -1.0, 1.0)
+    shift = (1 - scale).unsqueeze(1) * (2 * torch.rand(b, 2) - 1)
+    cos, sin = scale * torch.cos(angle), scale * torch.sin(angle)
+    theta = torch.stack([torch.stack([mirror * cos, -sin, shift[:, 0]], 1),
+                         torch.stack([mirror * sin, cos, shift[:, 1]], 1)], 1).to(x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
+    """SimCLR's normalised-temperature cross-entropy over 2B views (positive = the other view of the image)."""
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    sim = z @ z.T / temperature
+    n = z1.shape[0]
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(sim, target)
+
+
+class SimCLRModule(OneCycleModule):
+    """Contrastive pretext: backbone + MLP head, NT-Xent on two views of each scene."""
+
+    def __init__(self, backbone: nn.Module, dim: int, proj: int, temperature: float, lr: float,
+                 weight_decay: float, total_steps: int) -> None:
+        super().__init__(lr, weight_decay, total_steps, optimizer="adamw")
+        self.backbone = backbone
+        self.contrastive_head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, proj))
+        self.temperature = temperature
+
+    def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
+        images = batch[0]
+        both = self.contrastive_head(self.backbone(torch.cat([random_view(images), random_view(images)])))
+        z1, z2 = both.chunk(2)
+        loss = nt_xent(z1, z2, self.temperature)
+        self.log("simclr_loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+
+def mine_neighbours(features: Tensor, k: int, chunk: int = 1024) -> Tensor:
+    """Indices N×k of each row's k most cosine-similar other rows."""
+    z = F.normalize(features.float(), dim=1)
+    out = []
+    for s in batched(len(z), chunk):
+        sim = z[s] @ z.T
+        sim[torch.arange(sim.shape[0]), torch.arange(s.start, s.stop)] = float("-inf")  # not itself
+        out.append(sim.topk(k, dim=1).indices)
+    return torch.cat(out)
+
+
+def scan_loss(anchor_logits: Tensor, neighbour_logits: Tensor, entropy_weight: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(total, consistency, entropy) of the SCAN objective for one head."""
+    pa, pn = anchor_logits.softmax(1), neighbour_logits.softmax(1)
+    consistency = -torch.log((pa * pn).sum(1).clamp_min(1e-8)).mean()
+    mean_p = pa.mean(0).clamp_min(1e-8)
+    entropy = -(mean_p * mean_p.log()).sum()
+    return consistency - entropy_weight * entropy, consistency, entropy
+
+
+def train_heads(features: Tensor, neighbours: Tensor, heads: nn.ModuleList, epochs: int, batch_size: int,
+                lr: float, entropy_weight: float, seed: int) -> None:
+    """SCAN on frozen features: each anchor is paired with one random neighbour per step."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(heads.parameters(), lr=lr, weight_decay=1e-4)
+    n = len(features)
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        totals = torch.zeros(len(heads))
+        for s in batched(n, batch_size):
+            idx = order[s]
+            pick = neighbours[idx, torch.randint(0, neighbours.shape[1], (len(idx),), generator=gen)]
+            losses = [scan_loss(h(features[idx]), h(features[pick]), entropy_weight)[0] for h in heads]
+            opt.zero_grad()
+            torch.stack(losses).sum().backward()
+            opt.step()
+            totals += torch.stack(losses).detach() * len(idx) / n
+        if epoch == 0 or (epoch + 1) % 10 == 0:
+            print(f"  SCAN heads epoch {epoch + 1}/{epochs}: loss per head {[round(float(t), 4) for t in totals]}",
+                  flush=True)
+
+
+@torch.no_grad()
+def heads_val_loss(features: Tensor, neighbours: Tensor, heads: nn.ModuleList, entropy_weight: float) -> list[float]:
+    """SCAN loss of every head on a held-out set, each anchor averaged over all its mined neighbours."""
+    out = []
+    for h in heads:
+        anchor = h(features)
+        total = 0.0
+        for j in range(neighbours.shape[1]):
+            total += float(scan_loss(anchor, h(features[neighbours[:, j]]), entropy_weight)[0])
+        out.append(total / neighbours.shape[1])
+    return out
+
+
+def hungarian_accuracy(pred: Tensor, labels: Tensor, num_clusters: int, num_classes: int = 12) -> float:
+    """Accuracy of the best one-to-one matching between clusters and classes."""
+    from scipy.optimize import linear_sum_assignment
+
+    counts = torch.zeros(num_clusters, num_classes, dtype=torch.long)
+    counts.index_put_((pred, labels), torch.ones_like(pred), accumulate=True)
+    rows, cols = linear_sum_assignment(-counts.numpy())
+    return float(counts[rows, cols].sum()) / len(pred)
+
+
+def main() -> None:
+    """Pretext, mining, SCAN heads, save in the SCAN layout, reload through ssl_models.load, AGF, probe."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pretext-epochs", type=int, default=3)
+    p.add_argument("--train-size", type=int, default=4800)
+    p.add_argument("--batch-size", type=int, default=64, help="scenes per SimCLR batch (2 views each)")
+    p.add_argument("--widths", type=int, nargs=4, default=(16, 32, 64, 128))
+    p.add_argument("--stem-width", type=int, default=16)
+    p.add_argument("--proj", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.2)
+    p.add_argument("--lr", type=float, default=2e-3, help="peak one-cycle AdamW learning rate (pretext)")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--knn", type=int, default=20)
+    p.add_argument("--heads", type=int, default=5)
+    p.add_argument("--clusters", type=int, default=12)
+    p.add_argument("--scan-epochs", type=int, default=60)
+    p.add_argument("--entropy-weight", type=float, default=5.0)
+    p.add_argument("--probe-train-size", type=int, default=9600, help="train scenes for the linear probe")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=str(ASSETS / "scan.pth"))
+    args = p.parse_args()
+    setup(args.seed, args.threads)
+    import ssl_models
+    from linear_probe_eval import probe_model
+
+    train = load_split("train", args.train_size, "single", seed=args.seed)
+    val = load_split("val", 1200, "single", seed=args.seed)
+    test = load_split("test", 1200, "single", seed=args.seed)
+    backbone = resnet_backbone(tuple(args.widths), args.stem_width)
+    dim = 4 * args.widths[-1]
+    loader = tensor_loader(train.images, batch_size=args.batch_size, seed=args.seed)
+    module = SimCLRModule(backbone, dim, args.proj, args.temperature, args.lr, args.weight_decay,
+                          args.pretext_epochs * len(loader))
+    clock = Clock()
+    make_trainer(args.pretext_epochs).fit(module, loader)
+    pretext_s, pretext_cpu_s = clock.seconds()
+
+    backbone.eval()
+    feats = {name: predict(backbone, split.images) for name, split in (("train", train), ("val", val))}
+    neighbours = {name: mine_neighbours(f, args.knn) for name, f in feats.items()}
+    purity = float((train.labels[neighbours["train"]] == train.labels[:, None]).double().mean())
+    print(f"pretext done in {pretext_s:.0f}s; train kNN (k={args.knn}) label purity {purity:.4f}", flush=True)
+
+    torch.manual_seed(args.seed)
+    heads = nn.ModuleList(nn.Linear(dim, args.clusters) for _ in range(args.heads))
+    train_heads(feats["train"], neighbours["train"], heads, args.scan_epochs, 256, 1e-3, args.entropy_weight,
+                args.seed)
+    val_losses = heads_val_loss(feats["val"], neighbours["val"], heads, args.entropy_weight)
+    best = int(np.argmin(val_losses))
+    total_s, total_cpu_s = clock.seconds()
+
+    state = {f"backbone.{k}": v.detach().clone() for k, v in backbone.state_dict().items()}
+    for h, head in enumerate(heads):
+        state.update({f"cluster_head.{h}.{k}": v.detach().clone() for k, v in head.state_dict().items()})
+    ssl_models.save_checkpoint({"model": state, "head": np.int64(best)}, args.out)
+    model = ssl_models.load(args.out, kind="scan")
+    if model.head_index != best:
+        raise RuntimeError(f"ssl_models.load selected head {model.head_index}, the file stores {best}")
+    with torch.no_grad():
+        x = to_input(test.images[:8])
+        if not torch.allclose(model(x), heads[best](backbone(x)), atol=1e-5):
+            raise RuntimeError("the reloaded SCAN model does not reproduce the trained network")
+
+    test_pred = predict(model, test.images).argmax(1)
+    report = {"train_seconds": total_s, "train_cpu_seconds": total_cpu_s, "pretext_seconds": pretext_s,
+              "pretext_cpu_seconds": pretext_cpu_s, "pretext_epochs": args.pretext_epochs,
+              "train_size": args.train_size, "knn_purity": purity, "heads": args.heads, "best_head": best,
+              "val_scan_losses": [round(v, 4) for v in val_losses],
+              "test_hungarian_acc": hungarian_accuracy(test_pred, test.labels, args.clusters),
+              "params": sum(p.numel() for p in model.parameters()), "checkpoint_mb": file_mb(args.out)}
+    report.update(probe_model(model, args.probe_train_size, seed=args.seed))
+    write_report("scan", report)
+    agf_check(model, test.images[:2])  # after the report: a failure here must not lose the numbers
+
+
+if __name__ == "__main__":
+    main()
