@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling experiment m
 from scene_tensors import SceneTensors, load_split, to_input  # noqa: E402
 from sslx.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
-__all__ = ["ASSETS", "ROOT", "Clock", "EpochLog", "OneCycleModule", "SceneTensors", "agf_check", "batched", "class_accuracy", "color_augment",
-           "file_mb", "load_split", "make_trainer", "predict", "random_flip", "random_shift", "setup", "tensor_loader",
-           "to_input", "write_report"]
+__all__ = ["ASSETS", "ROOT", "Clock", "EpochLog", "OneCycleModule", "SceneTensors", "agf_check", "batched",
+           "class_accuracy", "color_augment", "file_mb", "load_split", "make_trainer", "predict", "random_flip",
+           "random_shift", "setup", "tensor_loader", "to_input", "write_report"]
 
 
 def setup(seed: int, threads: int = 2) -> None:
@@ -35,7 +35,7 @@ def setup(seed: int, threads: int = 2) -> None:
 
 
 class Clock:
-    """Wall-clock and process CPU seconds since creation (CPU time stays meaningful on a shared machine)."""
+    """Wall-clock and process CPU seconds since creation (on a shared machine both grow; wall-clock more)."""
 
     def __init__(self) -> None:
         self.wall, self.cpu = time.time(), time.process_time()
@@ -130,16 +130,16 @@ def color_augment(images: Tensor, gray_p: float = 0.2, strength: float = 0.4) ->
     x = x.gather(1, order)
 
     def factor() -> Tensor:
-        return (1 + strength * (2 * torch.rand(b, 1, 1, 1, device=x.device) - 1))
+        return 1 + strength * (2 * torch.rand(b, 1, 1, 1, device=x.device) - 1)
 
-    gray = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    luma = torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)
+    gray = (x * luma).sum(1, keepdim=True)
     x = gray + factor() * (x - gray)                                    # saturation
     x = x * factor()                                                    # brightness
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = mean + factor() * (x - mean)                                    # contrast
     to_gray = torch.rand(b, 1, 1, 1, device=x.device) < gray_p
-    x = torch.where(to_gray, (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1))
-                    .sum(1, keepdim=True).expand_as(x), x)
+    x = torch.where(to_gray, (x * luma).sum(1, keepdim=True).expand_as(x), x)
     mean_t = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
     std_t = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
     return (x.clamp(0, 1) - mean_t) / std_t

@@ -98,8 +98,8 @@ class SelaModule(OneCycleModule):
 def main() -> None:
     """Train, save in the SeLa layout, reload through ssl_models.load, check AGF, probe."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--train-size", type=int, default=9600)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--train-size", type=int, default=6000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--widths", type=int, nargs=5, default=(32, 64, 96, 64, 64))
     p.add_argument("--fc", type=int, default=512)

@@ -18,6 +18,7 @@ from train_common import (ASSETS, Clock, OneCycleModule, agf_check, class_accura
                           predict, random_flip, random_shift, setup, tensor_loader, to_input, write_report)
 
 DEFAULT_EPOCHS = {"vgg": 10, "resnet": 10}
+DEFAULT_LOW_RES_EPOCHS = {"vgg": 8, "resnet": 6}
 
 
 def random_rot90(x: Tensor) -> Tensor:
@@ -59,7 +60,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", required=True, choices=("vgg", "resnet"))
     p.add_argument("--epochs", type=int, default=None, help="default: 10")
-    p.add_argument("--low-res-epochs", type=int, default=8, help="leading epochs at half resolution")
+    p.add_argument("--low-res-epochs", type=int, default=None,
+                   help="leading epochs at half resolution (default: vgg 8, resnet 6)")
     p.add_argument("--train-size", type=int, default=9600)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3, help="peak one-cycle AdamW learning rate")
@@ -78,6 +80,7 @@ def main() -> None:
     from sslx.models.small import RESNET_DEFAULTS, VGG_DEFAULTS
 
     epochs = args.epochs or DEFAULT_EPOCHS[args.arch]
+    low_res_epochs = DEFAULT_LOW_RES_EPOCHS[args.arch] if args.low_res_epochs is None else args.low_res_epochs
     out = args.out or str(ASSETS / f"supervised_{args.arch}.pth")
     train = load_split("train", args.train_size, "single", seed=args.seed)
     test = load_split("test", 1200, "single", seed=args.seed)
@@ -88,7 +91,7 @@ def main() -> None:
     net = build_classifier(args.arch, config)
     loader = tensor_loader(train.images, train.labels, batch_size=args.batch_size, seed=args.seed)
     module = SupervisedModule(net, args.lr, args.weight_decay, epochs * len(loader), args.shift, args.label_smoothing,
-                              args.low_res_epochs)
+                              low_res_epochs)
     clock = Clock()
     make_trainer(epochs).fit(module, loader)
     train_s, train_cpu_s = clock.seconds()
@@ -100,7 +103,7 @@ def main() -> None:
     pair_hit = (pair_logits.argmax(1, keepdim=True) == test_pair.object_labels).any(1)
     metrics = {"test_acc": class_accuracy(logits, test.labels), "pair_test_either_acc": float(pair_hit.double().mean()),
                "train_seconds": train_s, "train_cpu_seconds": train_cpu_s, "epochs": epochs,
-               "low_res_epochs": args.low_res_epochs, "train_size": args.train_size}
+               "low_res_epochs": low_res_epochs, "train_size": args.train_size}
     state = {k: v.detach().clone() for k, v in net.state_dict().items()}
     ssl_models.save_checkpoint({"arch": args.arch, "config": config, "state_dict": state,
                                 "classes": list(SCENE_CLASSES), "metrics": metrics}, out)
