@@ -361,3 +361,17 @@ def test_voc_errors(tmp_path):
     (base / "JPEGImages" / "2007_000039.jpg").write_bytes(b"\xff\xd8truncated")
     with pytest.raises(ValueError, match=r"cannot read image .*2007_000039\.jpg"):
         VOCSegmentation2012(tmp_path)[1]
+
+
+def test_readers_are_exported_from_sslx_data() -> None:
+    import sslx.data
+    from sslx.data.imagenet import ImageNetVal
+    from sslx.data.imagenet_seg import ImageNetSegmentation
+    from sslx.data.voc import VOCSegmentation2012
+
+    assert sslx.data.ImageNetVal is ImageNetVal
+    assert sslx.data.ImageNetSegmentation is ImageNetSegmentation
+    assert sslx.data.VOCSegmentation2012 is VOCSegmentation2012
+    assert {"ImageNetVal", "ImageNetSegmentation", "VOCSegmentation2012"} <= set(sslx.data.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'ImageNetTrain'"):
+        sslx.data.ImageNetTrain  # noqa: B018

@@ -1,4 +1,4 @@
-"""sslx.data: the procedural scenes benchmark, image-folder readers and their LightningDataModules."""
+"""sslx.data: the procedural scenes benchmark, readers for ImageNet val, ImageNet-Seg, VOC 2012 and image folders."""
 from __future__ import annotations
 
 from importlib import import_module
@@ -16,6 +16,13 @@ _LAZY = {
     "ScenesDataModule": "sslx.data.datamodule",
     "ImageFolderDataModule": "sslx.data.datamodule",
     "ImageFolderDataset": "sslx.data.datamodule",
+    "ImageNetVal": "sslx.data.imagenet",
+    "read_label_file": "sslx.data.imagenet",
+    "read_devkit_meta": "sslx.data.imagenet",
+    "ImageNetSegmentation": "sslx.data.imagenet_seg",
+    "VOCSegmentation2012": "sslx.data.voc",
+    "VOC_CLASSES": "sslx.data.voc",
+    "VOC_IGNORE": "sslx.data.voc",
     "IMAGENET_MEAN": "sslx.data.transforms",
     "IMAGENET_STD": "sslx.data.transforms",
     "normalize": "sslx.data.transforms",
