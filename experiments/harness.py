@@ -100,7 +100,8 @@ def run_predict(score_batch: Callable[[Any], Mapping[str, Tensor]], loader: Any,
     """Run `score_batch` over `loader` with Trainer.predict; per-image rows of all ranks, sorted by id."""
     devices: Any = int(args.devices) if str(args.devices).isdigit() else args.devices
     trainer = pl.Trainer(accelerator=args.accelerator, devices=devices, strategy=args.strategy,
-                         num_nodes=args.num_nodes, logger=False, enable_progress_bar=False,
+                         num_nodes=args.num_nodes, inference_mode=False,  # attribution methods need autograd
+                         logger=False, enable_progress_bar=False,
                          enable_checkpointing=False, enable_model_summary=False)
     scorer = _BatchScorer(score_batch)
     trainer.predict(scorer, loader, return_predictions=False)

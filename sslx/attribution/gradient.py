@@ -89,9 +89,13 @@ def find_layer(graph: ModelGraph, name: str) -> fx.Node:
 
 def default_cam_layer(graph: ModelGraph) -> fx.Node:
     """The last feature map before the head's pooling: walk back from the head over the classifier
-    (Linear, ReLU, Dropout, flatten) and the pooling that feeds it (VGG: its last max-pool)."""
+    (Linear, BatchNorm1d, ReLU, Dropout, flatten) and the pooling that feeds it (VGG: its last max-pool)."""
+    def in_classifier(step: Any) -> bool:
+        vector_norm = step.kind == NORM and isinstance(step.module, nn.BatchNorm1d)
+        return (step.kind in (LINEAR, RELU, PASS, RESHAPE, ADD_CONST) or vector_norm) and bool(step.inputs)
+
     node = graph.head.inputs[0]
-    while graph.steps[node].kind in (LINEAR, RELU, PASS, RESHAPE, ADD_CONST) and graph.steps[node].inputs:
+    while in_classifier(graph.steps[node]):
         node = graph.steps[node].inputs[0]
     if graph.steps[node].kind == POOL:
         node = graph.steps[node].inputs[0]
