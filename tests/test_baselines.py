@@ -405,7 +405,7 @@ def test_gradcam_layers(vgg):
     assert default.layer_node.name == GradCAM(resnet, layer="layer4").layer_node.name == "layer4_1_relu_1"
     # RotNet/SeLa-style classifier: Linear → BatchNorm1d → ReLU before the head; the walk crosses the 1-d norm
     bn_head = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                            nn.Linear(64, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)).eval()
+                            nn.Linear(64, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)).double().eval()
     assert GradCAM(bn_head).layer == "1"  # the last feature map before the pooling that feeds the classifier
     assert GradCAM(bn_head).attribute(images(2, 8), 0).shape == (2, 1, 8, 8)
     a = GradCAM(vgg, layer="features.4").attribute(images(1, 8), 1)
