@@ -1,0 +1,237 @@
+"""Shared code of the self-supervised experiments (Table 4, Fig. 4a, Fig. 4b): models, reference index, scorers.
+
+Algorithm-2 setting of every script: the reference set S is the first `n_reference` single-object *train*
+scenes, embedded at the penultimate layer (the SSL head's input) and indexed with FAISS "Flat", metric l2,
+k = 1. Queries are *test* scenes, so a query is never a member of S and cannot be its own neighbour.
+Scorers are nn.Modules, so Trainer.predict (experiments/harness.py) moves them to each rank's device.
+Segmentation counts, thresholds and perturbation summaries are supervised_eval's (shared with Tables 2, 3).
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402  (puts the checkout on sys.path)
+import supervised_eval as se  # noqa: E402
+from sslx import ssl  # noqa: E402
+from sslx.data import ScenesDataset  # noqa: E402
+from sslx.data.scenes import collate_scenes  # noqa: E402
+from sslx.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, normalize  # noqa: E402
+from sslx.metrics import perturbation_correct  # noqa: E402
+from sslx.models import SmallResNet, SmallVGG  # noqa: E402
+from sslx.neighbors import FeatureIndex, model_fingerprint  # noqa: E402
+
+SSL_NAMES = ("sela", "scan", "rotnet")
+SUPERVISED_NAMES = ("vgg", "resnet")
+DISPLAY = {"vgg": "Supervised (VGG)", "resnet": "Supervised (ResNet)", "sela": "SeLa", "scan": "SCAN",
+           "rotnet": "RotNet"}
+MODES = ("delta", "sum", "none")
+MODE_LABELS = {"delta": "Δ", "sum": "Σ", "none": "w/o"}
+METRIC, FACTORY, K = "l2", "Flat", 1
+DEFAULT_REFERENCE = 1000
+
+
+# ---- models ------------------------------------------------------------------------------------
+class ClassifierAsSSL(nn.Module):
+    """A supervised classifier split like an SSL model: `backbone` (images → penultimate) ▸ `head` (last Linear)."""
+
+    def __init__(self, backbone: nn.Sequential, head: nn.Linear, cam_layer: str) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.cam_layer = cam_layer
+
+    def features(self, x: Tensor) -> Tensor:
+        """Penultimate features B×D (the head's input)."""
+        return self.backbone(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits B×classes, identical to the wrapped classifier's."""
+        return self.head(self.backbone(x))
+
+
+def split_classifier(model: nn.Module) -> ClassifierAsSSL:
+    """The embedded VGG/ResNet classifier as backbone ▸ head, sharing its modules (weights are not copied)."""
+    if isinstance(model, SmallVGG):
+        *hidden, last = list(model.classifier.children())
+        backbone = nn.Sequential(OrderedDict(features=model.features, avgpool=model.avgpool, flatten=nn.Flatten(1),
+                                             classifier=nn.Sequential(*hidden)))
+        return ClassifierAsSSL(backbone, last, "backbone.features").eval()
+    if isinstance(model, SmallResNet):
+        stem = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool")
+        parts = OrderedDict((n, getattr(model, n)) for n in stem)
+        parts["flatten"] = nn.Flatten(1)
+        return ClassifierAsSSL(nn.Sequential(parts), model.fc, "backbone.layer4").eval()
+    raise TypeError(f"cannot split {type(model).__name__} into backbone and head; expected the embedded "
+                    "SmallVGG or SmallResNet")
+
+
+def load_model(name: str) -> nn.Module:
+    """Embedded model `name` with `backbone` and `head` (SSL as loaded; supervised split at the last Linear)."""
+    from sslx.assets import load_embedded
+
+    if name not in SSL_NAMES + SUPERVISED_NAMES:
+        raise ValueError(f"unknown model {name!r}; choose from {SSL_NAMES + SUPERVISED_NAMES}")
+    model = load_embedded(name)
+    return split_classifier(model) if name in SUPERVISED_NAMES else model.eval()
+
+
+def method_options(model: nn.Module, method: str) -> dict[str, Any]:
+    """Grad-CAM reads the backbone's last convolutional stage; the speed options are supervised_eval's."""
+    if method == "gradcam":
+        layer = model.cam_layer if isinstance(model, ClassifierAsSSL) else f"backbone.{model.layers[-1]}"
+        return {"layer": layer}
+    return dict(se.SPEED_OPTIONS.get(method, {}))
+
+
+def normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of the model's input normalisation (ImageNet's for the supervised models)."""
+    pre = getattr(model, "preprocess", None)
+    return (tuple(pre.mean), tuple(pre.std)) if pre is not None else (tuple(IMAGENET_MEAN), tuple(IMAGENET_STD))
+
+
+# ---- data and index ----------------------------------------------------------------------------
+def scenes(model: nn.Module, split: str, size: int, objects: str = "single", seed: int = 0) -> ScenesDataset:
+    """The first `size` scenes of `split`, normalised for `model`, at the resolution it expects."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"need a positive number of {split} scenes, got {size!r}")
+    mean, std = normalisation(model)
+    pre = getattr(model, "preprocess", None)
+    return ScenesDataset(split, size, seed, pre.input_size if pre is not None else 128, objects, mean=mean, std=std)
+
+
+def loader(dataset: ScenesDataset, batch_size: int) -> DataLoader:
+    """In-order batches of scene dicts."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_scenes, num_workers=0)
+
+
+class FeatureScorer(nn.Module):
+    """Trainer.predict rows: dataset ids and penultimate features of a batch."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {"ids": batch["index"], "features": self.model.backbone(batch["image"])}
+
+
+def reference_index(model: nn.Module, n_reference: int, args: argparse.Namespace) -> FeatureIndex:
+    """FAISS Flat l2 index over the penultimate features of the first `n_reference` single-object train scenes."""
+    data = loader(scenes(model, "train", n_reference, seed=args.seed), args.batch_size * 4)
+    rows = harness.run_predict(FeatureScorer(model), data, args)
+    return FeatureIndex.from_features(rows["features"], rows["ids"], METRIC, FACTORY, layer="penultimate",
+                                      fingerprint=model_fingerprint(model))
+
+
+# ---- explanations ------------------------------------------------------------------------------
+def explain(model: nn.Module, x: Tensor, index: FeatureIndex, mode: str, method: str) -> ssl.SSLExplanation:
+    """Algorithm 2 on a batch: `method` explains the SSL head's arg-max on the Δ/Σ/w-o combined features."""
+    with torch.inference_mode(False), torch.enable_grad():  # Trainer.predict runs in inference mode
+        x = x.clone()
+        out = ssl.explain(model, x, index, mode=mode, method=method, k=K, **method_options(model, method))
+    return ssl.SSLExplanation(out.heatmaps.detach().to(x.dtype), out.ssl_class, out.neighbor_ids, out.logits.detach())
+
+
+def combined_classifier(model: nn.Module, index: FeatureIndex, neighbor_ids: Tensor, mode: str, like: Tensor,
+                        repeats: int = 1) -> ssl.CombinedFeaturesModel:
+    """head(backbone(·) ± L_N) with each image's *fixed* neighbour features, in eval mode.
+
+    Offset row i belongs to image i % B (the rows are tiled `repeats` times), the order in which
+    `perturbation_correct` stacks the perturbed copies of a batch.
+    """
+    neighbor = index.features_of(neighbor_ids.cpu()).to(dtype=like.dtype, device=like.device).mean(dim=1)
+    offset = {"delta": -neighbor, "sum": neighbor, "none": torch.zeros_like(neighbor)}[mode]
+    return ssl.CombinedFeaturesModel(model.backbone, model.head, offset.repeat(repeats, 1)).eval()
+
+
+def ssl_perturbation(model: nn.Module, index: FeatureIndex, x: Tensor, explanation: ssl.SSLExplanation, mode: str,
+                     fractions: Sequence[float]) -> Tensor:
+    """Bool B×F: after removing the least relevant pixels, does head(L_I' ± L_N) still pick the explained class?"""
+    mean, std = normalisation(model)
+    pixels = denormalize(x, mean, std).clamp(0.0, 1.0)
+    classifier = combined_classifier(model, index, explanation.neighbor_ids, mode, x, repeats=len(fractions))
+    # One forward pass of all B·F perturbed copies (item i = image i % B): the offsets line up with the
+    # items, and one large batch is several times faster on a busy CPU than F small ones.
+    return perturbation_correct(classifier, pixels, explanation.heatmaps, explanation.ssl_class, "negative",
+                                fractions, functools.partial(normalize, mean=mean, std=std),
+                                batch_size=x.shape[0] * len(fractions))
+
+
+# ---- options and bookkeeping -------------------------------------------------------------------
+def name_list(text: str, valid: Sequence[str], what: str) -> tuple[str, ...]:
+    """Comma-separated names → tuple, checked against `valid` (no repeats, at least one)."""
+    given = tuple(t.strip() for t in text.split(",") if t.strip())
+    bad = [g for g in given if g not in valid]
+    if not given or bad or len(set(given)) != len(given):
+        raise ValueError(f"invalid {what} {text!r} (unknown: {bad}); give a comma-separated subset of {tuple(valid)} "
+                         "without repeats")
+    return given
+
+
+def fraction_list(text: str) -> tuple[float, ...]:
+    """Comma-separated removal fractions → tuple of floats (checked by sslx.metrics)."""
+    try:
+        return tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise ValueError(f"--fractions must be comma-separated numbers, got {text!r}") from None
+
+
+def experiment_parser(description: str | None) -> argparse.ArgumentParser:
+    """The harness's common options (batch size 32 by default) plus --n-reference (size of S)."""
+    parser = harness.experiment_parser(description)
+    parser.set_defaults(batch_size=32)  # larger batches run several times faster per image on a busy CPU
+    parser.add_argument("--n-reference", type=int, default=DEFAULT_REFERENCE,
+                        help=f"reference set S = the first N single-object train scenes (default {DEFAULT_REFERENCE})")
+    return parser
+
+
+def check_reference(n_reference: int) -> int:
+    """Raise unless the reference set size is a positive integer."""
+    if isinstance(n_reference, bool) or not isinstance(n_reference, int) or n_reference < 1:
+        raise ValueError(f"--n-reference must be a positive integer, got {n_reference!r}")
+    return n_reference
+
+
+def reference_conventions(n_reference: int) -> str:
+    """Markdown bullet points describing the Algorithm-2 setting."""
+    return (f"- **Algorithm 2**: reference set S = the first {n_reference} single-object *train* scenes; features = "
+            f"the penultimate layer (the SSL head's input); FAISS `{FACTORY}` index, metric {METRIC} (squared "
+            f"Euclidean), k = {K}. The queries are *test* scenes, which are never in S, so a query cannot be its own "
+            "neighbour (the exclusion of the query from its neighbours never has to act).\n"
+            "- **Δ** explains arg-max head(L_I − L_N), **Σ** arg-max head(L_I + L_N), **w/o** arg-max head(L_I), "
+            "with L_I the image's and L_N the neighbour's features (`sslx.ssl.explain`).\n")
+
+
+class Stopwatch:
+    """Wall and CPU seconds since creation (CPU = this process, all threads)."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def read(self) -> dict[str, float]:
+        """{'wall_s', 'cpu_s'} so far, rounded to 0.1 s."""
+        return {"wall_s": round(time.perf_counter() - self.wall, 1), "cpu_s": round(time.process_time() - self.cpu, 1)}
+
+
+def for_each_model(models: Sequence[str], evaluate: Callable[[str, nn.Module], dict[str, Any]]) -> dict[str, Any]:
+    """{name: evaluate(name, model) + its wall/CPU time} for each embedded model name, in order."""
+    results: dict[str, Any] = {}
+    for name in models:
+        clock = Stopwatch()
+        print(f"[{name}] evaluating", flush=True)
+        model = load_model(name)
+        results[name] = {**evaluate(name, model), "fingerprint": model_fingerprint(model), "time": clock.read()}
+        print(f"[{name}] done: {results[name]['time']}", flush=True)
+    return results
