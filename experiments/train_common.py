@@ -1,6 +1,7 @@
 """Shared pieces of the embedded-model training scripts: seeding, Lightning trainer, loaders, augmentation, checks."""
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -19,12 +20,25 @@ ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "ssl_models" / "assets"
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling experiment modules import by name
 
-from scene_tensors import SceneTensors, load_split, to_input  # noqa: E402
+from scene_tensors import SceneLayers, SceneTensors, load_layers, load_split, to_input  # noqa: E402
 from sslx.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
-__all__ = ["ASSETS", "ROOT", "Clock", "EpochLog", "OneCycleModule", "SceneTensors", "agf_check", "batched",
-           "class_accuracy", "color_augment", "file_mb", "load_split", "make_trainer", "predict", "random_flip",
-           "random_shift", "setup", "tensor_loader", "to_input", "write_report"]
+__all__ = ["ASSETS", "ROOT", "Clock", "EpochLog", "OneCycleModule", "SceneLayers", "SceneTensors", "add_run_options", "agf_check",
+           "batched", "class_accuracy", "color_augment", "file_mb", "hungarian_accuracy", "load_layers", "load_split", "make_trainer",
+           "predict", "random_flip", "random_shift", "setup", "tensor_loader", "to_input", "write_report"]
+
+
+def add_run_options(parser: argparse.ArgumentParser, *, lr: float, weight_decay: float, out: str | None,
+                    out_help: str | None = None, lr_help: str = "peak one-cycle AdamW learning rate",
+                    probe: bool = False) -> None:
+    """The options every training script has: optimiser, seed, threads, output file (and the linear probe's size)."""
+    parser.add_argument("--lr", type=float, default=lr, help=lr_help)
+    parser.add_argument("--weight-decay", type=float, default=weight_decay)
+    if probe:
+        parser.add_argument("--probe-train-size", type=int, default=9600, help="train scenes for the linear probe")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=out, help=out_help)
 
 
 def setup(seed: int, threads: int = 2) -> None:
@@ -159,6 +173,19 @@ def predict(fn: Callable[[Tensor], Tensor], images: Tensor, batch_size: int = 20
 def class_accuracy(logits: Tensor, labels: Tensor) -> float:
     """Top-1 accuracy in [0, 1]."""
     return float((logits.argmax(1) == labels).double().mean())
+
+
+def hungarian_accuracy(pred: Tensor, labels: Tensor, num_clusters: int, num_classes: int = 12) -> float:
+    """Accuracy of the best one-to-one matching between clusters and classes (Hungarian).
+
+    With more clusters than classes each class is matched to one cluster; the other clusters count as wrong.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    counts = torch.zeros(num_clusters, num_classes, dtype=torch.long)
+    counts.index_put_((pred.cpu(), labels.cpu()), torch.ones_like(pred, device="cpu"), accumulate=True)
+    rows, cols = linear_sum_assignment(-counts.numpy())
+    return float(counts[rows, cols].sum()) / len(pred)
 
 
 def agf_check(model: nn.Module, images: Tensor) -> Tensor:

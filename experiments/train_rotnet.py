@@ -18,9 +18,9 @@ from torch import Tensor, nn
 
 from ssl_models.alexnet import CONV_GEOMETRY
 
-from train_common import (ASSETS, OneCycleModule, agf_check, file_mb, load_split, make_trainer, predict,
-                          Clock, random_shift, setup, tensor_loader, to_input, write_report)
-
+from scene_tensors import POSES
+from train_common import (ASSETS, Clock, OneCycleModule, add_run_options, agf_check, file_mb, load_split,
+                          make_trainer, predict, random_shift, setup, tensor_loader, to_input, write_report)
 
 
 class RotNetAlexNet(nn.Module):
@@ -99,15 +99,10 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32, help="scenes per batch (x4 rotations)")
     p.add_argument("--widths", type=int, nargs=5, default=(32, 64, 96, 64, 64))
     p.add_argument("--fc", type=int, default=512)
-    p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
-    p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--shift", type=int, default=4)
     p.add_argument("--objects", default="pair", choices=("single", "pair", "mixed"))
-    p.add_argument("--pose", default="upright", choices=("upright", "generator"))
-    p.add_argument("--probe-train-size", type=int, default=9600, help="train scenes for the linear probe")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default=str(ASSETS / "rotnet.pth"))
+    p.add_argument("--pose", default="upright", choices=POSES)
+    add_run_options(p, lr=1e-3, weight_decay=0.01, out=str(ASSETS / "rotnet.pth"), probe=True)
     args = p.parse_args()
     setup(args.seed, args.threads)
     import ssl_models
@@ -140,6 +135,9 @@ def main() -> None:
               "rot_acc_test": rotation_accuracy(model, test.images),
               "rot_acc_test_generator_pose_single": rotation_accuracy(
                   model, load_split("test", 1200, "single", "generator", args.seed).images),
+              **{f"rot_acc_test_{pose}_{args.objects}": rotation_accuracy(
+                  model, load_split("test", 1200, args.objects, pose, args.seed).images)
+                 for pose in POSES if pose not in ("generator", args.pose)},
               "params": sum(p.numel() for p in model.parameters()), "checkpoint_mb": file_mb(args.out)}
     report.update(probe_model(model, args.probe_train_size, seed=args.seed))
     write_report("rotnet", report)

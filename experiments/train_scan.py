@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from train_common import (ASSETS, Clock, OneCycleModule, agf_check, batched, color_augment, file_mb, load_split,
-                          make_trainer, predict, setup, tensor_loader, to_input, write_report)
+from train_common import (ASSETS, Clock, OneCycleModule, add_run_options, agf_check, batched, color_augment, file_mb,
+                          hungarian_accuracy, load_layers, load_split, make_trainer, predict, setup, tensor_loader, to_input,
+                          write_report)
 
 
 def resnet_backbone(widths: tuple[int, ...], stem_width: int) -> nn.Module:
@@ -48,6 +49,12 @@ def random_view(images: Tensor) -> Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
+def swap_background(images: Tensor, instance: Tensor, backgrounds: Tensor) -> Tensor:
+    """uint8 scenes with their objects (instance > 0) pasted onto randomly drawn object-free backgrounds."""
+    pick = torch.randint(0, len(backgrounds), (len(images),), device=images.device)
+    return torch.where((instance > 0).unsqueeze(1), images, backgrounds[pick])
+
+
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     """SimCLR's normalised-temperature cross-entropy over 2B views (positive = the other view of the image)."""
     z = F.normalize(torch.cat([z1, z2]), dim=1)
@@ -59,18 +66,32 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
 
 
 class SimCLRModule(OneCycleModule):
-    """Contrastive pretext: backbone + MLP head, NT-Xent on two views of each scene."""
+    """Contrastive pretext: backbone + MLP head, NT-Xent on two views of each scene.
+
+    With `backgrounds` (object-free backgrounds of the train scenes; batches then carry instance maps)
+    each view shows the scene's objects on another scene's background: the background clutter of a
+    scene is unique and class-independent, so two views sharing it could be matched without the object.
+    """
 
     def __init__(self, backbone: nn.Module, dim: int, proj: int, temperature: float, lr: float,
-                 weight_decay: float, total_steps: int) -> None:
+                 weight_decay: float, total_steps: int, backgrounds: Tensor | None = None) -> None:
         super().__init__(lr, weight_decay, total_steps, optimizer="adamw")
         self.backbone = backbone
         self.contrastive_head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, proj))
         self.temperature = temperature
+        self.backgrounds = backgrounds
+
+    def views(self, batch: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Two independently augmented views of every scene of the batch."""
+        images = batch[0]
+        if self.backgrounds is None:
+            return random_view(images), random_view(images)
+        instance = batch[1]
+        return (random_view(swap_background(images, instance, self.backgrounds)),
+                random_view(swap_background(images, instance, self.backgrounds)))
 
     def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
-        images = batch[0]
-        both = self.contrastive_head(self.backbone(torch.cat([random_view(images), random_view(images)])))
+        both = self.contrastive_head(self.backbone(torch.cat(self.views(batch))))
         z1, z2 = both.chunk(2)
         loss = nt_xent(z1, z2, self.temperature)
         self.log("simclr_loss", loss, on_step=False, on_epoch=True)
@@ -132,37 +153,25 @@ def heads_val_loss(features: Tensor, neighbours: Tensor, heads: nn.ModuleList, e
     return out
 
 
-def hungarian_accuracy(pred: Tensor, labels: Tensor, num_clusters: int, num_classes: int = 12) -> float:
-    """Accuracy of the best one-to-one matching between clusters and classes."""
-    from scipy.optimize import linear_sum_assignment
-
-    counts = torch.zeros(num_clusters, num_classes, dtype=torch.long)
-    counts.index_put_((pred, labels), torch.ones_like(pred), accumulate=True)
-    rows, cols = linear_sum_assignment(-counts.numpy())
-    return float(counts[rows, cols].sum()) / len(pred)
-
-
 def main() -> None:
     """Pretext, mining, SCAN heads, save in the SCAN layout, reload through ssl_models.load, AGF, probe."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pretext-epochs", type=int, default=3)
+    p.add_argument("--pretext-epochs", type=int, default=8)
+    p.add_argument("--background-swap", action=argparse.BooleanOptionalAction, default=False,
+                   help="SimCLR views put the scene's objects on other scenes' backgrounds")
     p.add_argument("--train-size", type=int, default=4800)
     p.add_argument("--batch-size", type=int, default=64, help="scenes per SimCLR batch (2 views each)")
     p.add_argument("--widths", type=int, nargs=4, default=(16, 32, 64, 128))
     p.add_argument("--stem-width", type=int, default=16)
     p.add_argument("--proj", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.2)
-    p.add_argument("--lr", type=float, default=2e-3, help="peak one-cycle AdamW learning rate (pretext)")
-    p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--knn", type=int, default=20)
     p.add_argument("--heads", type=int, default=5)
     p.add_argument("--clusters", type=int, default=12)
     p.add_argument("--scan-epochs", type=int, default=60)
     p.add_argument("--entropy-weight", type=float, default=5.0)
-    p.add_argument("--probe-train-size", type=int, default=9600, help="train scenes for the linear probe")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default=str(ASSETS / "scan.pth"))
+    add_run_options(p, lr=2e-3, weight_decay=0.01, out=str(ASSETS / "scan.pth"), probe=True,
+                    lr_help="peak one-cycle AdamW learning rate (pretext)")
     args = p.parse_args()
     setup(args.seed, args.threads)
     import ssl_models
@@ -173,9 +182,14 @@ def main() -> None:
     test = load_split("test", 1200, "single", seed=args.seed)
     backbone = resnet_backbone(tuple(args.widths), args.stem_width)
     dim = 4 * args.widths[-1]
-    loader = tensor_loader(train.images, batch_size=args.batch_size, seed=args.seed)
+    if args.background_swap:
+        layers = load_layers("train", args.train_size, "single", seed=args.seed)
+        loader = tensor_loader(train.images, layers.instance, batch_size=args.batch_size, seed=args.seed)
+        backgrounds = layers.background
+    else:
+        loader, backgrounds = tensor_loader(train.images, batch_size=args.batch_size, seed=args.seed), None
     module = SimCLRModule(backbone, dim, args.proj, args.temperature, args.lr, args.weight_decay,
-                          args.pretext_epochs * len(loader))
+                          args.pretext_epochs * len(loader), backgrounds)
     clock = Clock()
     make_trainer(args.pretext_epochs).fit(module, loader)
     pretext_s, pretext_cpu_s = clock.seconds()
@@ -207,7 +221,7 @@ def main() -> None:
             raise RuntimeError("the reloaded SCAN model does not reproduce the trained network")
 
     test_pred = predict(model, test.images).argmax(1)
-    report = {"train_seconds": total_s, "train_cpu_seconds": total_cpu_s, "pretext_seconds": pretext_s,
+    report = {"background_swap": args.background_swap, "train_seconds": total_s, "train_cpu_seconds": total_cpu_s, "pretext_seconds": pretext_s,
               "pretext_cpu_seconds": pretext_cpu_s, "pretext_epochs": args.pretext_epochs,
               "train_size": args.train_size, "knn_purity": purity, "heads": args.heads, "best_head": best,
               "val_scan_losses": [round(v, 4) for v in val_losses],

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssl_models.alexnet import CONV_GEOMETRY, pool5_side
-from train_common import (ASSETS, Clock, OneCycleModule, color_augment, agf_check, file_mb, load_split, make_trainer, predict, random_flip,
-                          random_shift, setup, tensor_loader, to_input, write_report)
+from train_common import (ASSETS, Clock, OneCycleModule, SceneTensors, add_run_options, agf_check, color_augment,
+                          file_mb, hungarian_accuracy, load_split, make_trainer, predict, random_flip, random_shift,
+                          setup, tensor_loader, to_input, write_report)
 
 
 class SelaAlexNet(nn.Module):
@@ -107,13 +108,8 @@ def main() -> None:
     p.add_argument("--clusters", type=int, default=24)
     p.add_argument("--updates-per-epoch", type=int, default=2)
     p.add_argument("--lamb", type=float, default=25.0)
-    p.add_argument("--lr", type=float, default=1e-3, help="peak one-cycle AdamW learning rate")
-    p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--shift", type=int, default=8)
-    p.add_argument("--probe-train-size", type=int, default=9600, help="train scenes for the linear probe")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default=str(ASSETS / "sela.pth"))
+    add_run_options(p, lr=1e-3, weight_decay=0.01, out=str(ASSETS / "sela.pth"), probe=True)
     args = p.parse_args()
     setup(args.seed, args.threads)
     import ssl_models
@@ -149,22 +145,13 @@ def main() -> None:
     agf_check(model, test.images[:2])  # after the report: a failure here must not lose the numbers
 
 
-def cluster_scores(model: nn.Module, test, heads: int) -> dict[str, float]:
-    """Per head: accuracy of the best one-to-one cluster→class assignment (Hungarian) on the test split.
-
-    With more clusters than classes each class is matched to one cluster; the rest count as wrong.
-    """
-    from scipy.optimize import linear_sum_assignment
-
+def cluster_scores(model: nn.Module, test: SceneTensors, heads: int) -> dict[str, float]:
+    """Per head: accuracy of the best one-to-one cluster→class assignment (Hungarian) on the test split."""
     out = {}
     for h in range(heads):
         model.select_head(h)
         pred = predict(model, test.images).argmax(1)
-        k = int(model.head.out_features)
-        counts = torch.zeros(k, 12, dtype=torch.long)
-        counts.index_put_((pred, test.labels), torch.ones_like(pred), accumulate=True)
-        rows, cols = linear_sum_assignment(-counts.numpy())
-        out[f"head{h}_hungarian_acc"] = float(counts[rows, cols].sum()) / len(pred)
+        out[f"head{h}_hungarian_acc"] = hungarian_accuracy(pred, test.labels, int(model.head.out_features))
     model.select_head(0)
     return out
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from train_common import (ASSETS, Clock, OneCycleModule, agf_check, class_accuracy, file_mb, load_split, make_trainer,
+from train_common import (ASSETS, Clock, OneCycleModule, add_run_options, agf_check, class_accuracy, file_mb, load_split, make_trainer,
                           predict, random_flip, random_shift, setup, tensor_loader, to_input, write_report)
 
 DEFAULT_EPOCHS = {"vgg": 10, "resnet": 10}
@@ -64,13 +64,9 @@ def main() -> None:
                    help="leading epochs at half resolution (default: vgg 8, resnet 6)")
     p.add_argument("--train-size", type=int, default=9600)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=3e-3, help="peak one-cycle AdamW learning rate")
-    p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--shift", type=int, default=8)
     p.add_argument("--label-smoothing", type=float, default=0.05)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default=None, help="default: ssl_models/assets/supervised_<arch>.pth")
+    add_run_options(p, lr=3e-3, weight_decay=0.05, out=None, out_help="default: ssl_models/assets/supervised_<arch>.pth")
     args = p.parse_args()
     setup(args.seed, args.threads)
     import ssl_models

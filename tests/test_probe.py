@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,32 +12,18 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 
 import ssl_models
-from ssl_fixtures import RotNetAlexNet, legacy_state, random_model, save
+from probe_fixtures import one_thread, write_tiny_rotnet  # noqa: F401  (one_thread: autouse fixture)
 from sslx import AGF
 from sslx.probe.data import GlobalBatchSampler, ProbeDataModule, ShardSampler, scenes_datasets
 from sslx.probe.evaluate import explain_both, make_explainer, nest_results
 from sslx.probe.module import LinearProbe, probe_pool_size
 from sslx.probe.outputs import load_probe, read_results, results_table, save_probe, write_json
 
-TINY_WIDTHS = (8, 16, 16, 16, 16)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run fastest single-threaded (and two threads crawl on a busy shared CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random RotNet-layout AlexNet checkpoint (gidariss layout, 64-px input, narrow widths)."""
-    path = tmp_path_factory.mktemp("rotnet") / "model_net_epoch1"
-    ref = random_model(lambda: RotNetAlexNet(TINY_WIDTHS, fc=16, input_size=64), seed=11)
-    save({"epoch": 1, "network": legacy_state(ref.state_dict())}, path)
-    return path
+    return write_tiny_rotnet(tmp_path_factory.mktemp("rotnet") / "model_net_epoch1", seed=11)
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,11 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
-from ssl_fixtures import RotNetAlexNet, legacy_state, random_model, save
+from probe_fixtures import one_thread, write_tiny_rotnet  # noqa: F401  (one_thread: autouse fixture)
 from sslx.probe.cli import build_parser, main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,22 +19,10 @@ TINY = ["--max-images", "24", "--val-images", "8", "--eval-images", "8", "--batc
         "--eval-batch-size", "4", "--accelerator", "cpu"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run fastest single-threaded (and two threads crawl on a busy shared CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random RotNet-layout checkpoint (gidariss layout, 64-px input, narrow widths)."""
-    path = tmp_path_factory.mktemp("model") / "model_net_epoch1"
-    ref = random_model(lambda: RotNetAlexNet((8, 16, 16, 16, 16), fc=16, input_size=64), seed=21)
-    save({"epoch": 1, "network": legacy_state(ref.state_dict())}, path)
-    return path
+    return write_tiny_rotnet(tmp_path_factory.mktemp("model") / "model_net_epoch1", seed=21)
 
 
 @pytest.fixture(scope="module")
