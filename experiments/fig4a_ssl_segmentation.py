@@ -2,6 +2,13 @@
 
     python experiments/fig4a_ssl_segmentation.py                    # scan, sela, rotnet × 7 methods, 64 scenes
     python experiments/fig4a_ssl_segmentation.py --models rotnet --methods agf,gradcam --n-images 32
+    python experiments/fig4a_ssl_segmentation.py --ssl-model SCAN=scan.pth --imagenet-seg gtsegs_ijcv.mat \
+        --reference /data/imagenet/train --n-images 4276 --n-reference 50000
+
+Real data: --imagenet-seg gives the query images and masks (the first --n-images entries of gtsegs_ijcv.mat),
+resized to --image-size with the model's normalisation; S is --reference DIR (ImageFolder layout) or, by
+default, the --n-reference entries of the same file right after the queries. The embedded models are
+allowed on real images (with a warning: they were trained on 128-px scenes); use --ssl-model.
 
 Each method explains, through Algorithm 2 with Δ, the SSL head's class arg-max head(L_I − L_N) on
 single-object test scenes; the maps are scored against the object masks (pixel accuracy, mAP, mIoU).
@@ -39,11 +46,40 @@ MODE = "delta"
 def parse_args(argv: Sequence[str] | None) -> Any:
     """Options: the harness's common ones, --models, --methods, --n-reference."""
     p = ssl_eval.experiment_parser(__doc__)
-    p.add_argument("--models", default=",".join(MODELS), help=f"embedded SSL models (default: {','.join(MODELS)})")
+    p.add_argument("--models", default=None, help=f"embedded SSL models (default: {','.join(MODELS)})")
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"explanation methods (default: {','.join(METHODS)}; {', '.join(TOO_SLOW)} are left out by "
                    "default for their CPU cost)")
+    ssl_eval.add_real_data_options(p)
+    p.add_argument("--imagenet-seg", type=Path, default=None, metavar="FILE",
+                   help="ImageNet-Segmentation gtsegs_ijcv.mat: images and masks instead of the test scenes")
     return p.parse_args(argv)
+
+
+def datasets(model: nn.Module, args: Any) -> tuple[Any, Any]:
+    """(queries, reference S) for one model; None means the scenes (test queries, train S)."""
+    queries = reference = None
+    if args.imagenet_seg is not None:
+        queries = ssl_eval.imagenet_segmentation(args.imagenet_seg, model, args.image_size)
+    if args.reference is not None:
+        reference = ssl_eval.image_folder(args.reference, model, args.image_size)
+    elif queries is not None:
+        reference = ssl_eval.after_queries(queries, args.n_images, args.n_reference, "--imagenet-seg")
+    return queries, reference
+
+
+def data_description(args: Any, n_images: int | None = None) -> tuple[str, str]:
+    """(queries, reference S) in words, for the results file; `n_images` = how many queries were evaluated."""
+    n = args.n_images if n_images is None else n_images
+    queries = (f"the first {n} entries of {args.imagenet_seg}" if args.imagenet_seg is not None
+               else f"{n} single-object test scenes")
+    if args.reference is not None:
+        reference = f"the first {args.n_reference} images of {args.reference}"
+    elif args.imagenet_seg is not None:
+        reference = f"up to {args.n_reference} entries of {args.imagenet_seg} after the queries"
+    else:
+        reference = f"the first {args.n_reference} single-object train scenes"
+    return queries, reference
 
 
 class SSLSegmentationScorer(nn.Module):
@@ -68,13 +104,17 @@ class SSLSegmentationScorer(nn.Module):
 
 def evaluate_model(model: nn.Module, args: Any) -> dict[str, Any]:
     """Index S, explain the test scenes with every method, score the maps against the masks."""
-    index = ssl_eval.reference_index(model, args.n_reference, args)
-    data = ssl_eval.loader(ssl_eval.scenes(model, "test", args.n_images, seed=args.seed), args.batch_size)
+    queries, reference = datasets(model, args)
+    index = ssl_eval.reference_index(model, args.n_reference, args, reference)
+    if queries is None:
+        data = ssl_eval.loader(ssl_eval.scenes(model, "test", args.n_images, seed=args.seed), args.batch_size)
+    else:
+        data = se.make_loader(queries, args.n_images, args.batch_size)
     rows = harness.run_predict(SSLSegmentationScorer(model, index, args.methods), data, args)
     classes = rows["class"]
     return {"scores": se.segmentation_summary(rows, args.methods), "image_ids": rows["ids"].tolist(),
             "ssl_class": classes.tolist(), "neighbor_ids": rows["neighbor"].tolist(),
-            "head_classes": int(model.head.out_features), "distinct_classes": int(classes.unique().numel()),
+            "head_classes": int(model.head.out_features), "n_reference": len(index), "distinct_classes": int(classes.unique().numel()),
             "foreground_fraction": 100.0 * float(rows["foreground"].mean())}
 
 
@@ -89,7 +129,7 @@ def scatter_figure(results: Mapping[str, Any], methods: Sequence[str]) -> Figure
             ax.scatter(s["pixel_accuracy"], s["mAP"], color=f"C{i}", marker=MARKERS.get(method, "o"),
                        s=110 if method == "agf" else 45, edgecolors="black", linewidths=0.4)
     for i, name in enumerate(results):
-        ax.scatter([], [], color=f"C{i}", marker="o", label=ssl_eval.DISPLAY[name])
+        ax.scatter([], [], color=f"C{i}", marker="o", label=ssl_eval.display(name))
     for method in methods:
         ax.scatter([], [], color="grey", marker=MARKERS.get(method, "o"), label=se.LABELS.get(method, method))
     ax.set_xlabel("pixel accuracy (%)")
@@ -102,23 +142,27 @@ def scatter_figure(results: Mapping[str, Any], methods: Sequence[str]) -> Figure
 
 def markdown(results: Mapping[str, Any], args: Any) -> str:
     """Scores per model and method, the class explained, conventions."""
-    rows = [[ssl_eval.DISPLAY[n], se.LABELS.get(m, m), r["scores"][m]["pixel_accuracy"], r["scores"][m]["mAP"],
+    rows = [[ssl_eval.display(n), se.LABELS.get(m, m), r["scores"][m]["pixel_accuracy"], r["scores"][m]["mAP"],
              r["scores"][m]["mIoU"], "0" if se.threshold_for(m) == 0.0 else "mean"]
             for n, r in results.items() for m in args.methods]
-    classes = [[ssl_eval.DISPLAY[n], r["head_classes"], r["distinct_classes"], r["foreground_fraction"]]
+    classes = [[ssl_eval.display(n), r["head_classes"], r["distinct_classes"], r["foreground_fraction"]]
                for n, r in results.items()]
     left_out = [m for m in TOO_SLOW if m not in args.methods]
+    n_images = next(iter(results.values()))["scores"][args.methods[0]]["n_images"]
+    queries, reference = data_description(args, n_images)
+    real = args.imagenet_seg is not None or args.reference is not None
     return (
         "# Fig. 4a — segmentation by SSL explanations\n\n"
         "Generated by `experiments/fig4a_ssl_segmentation.py`; the scatter plot is `fig4a_scatter.png` "
         "(x = pixel accuracy, y = mAP, colour = model, marker = method). All scores in %.\n\n"
-        f"## Ours (embedded SSL models, {args.n_images} single-object test scenes)\n\n"
+        f"## Ours ({'checkpoints ' + ', '.join(results) if args.ssl_model else 'embedded SSL models'}, {queries})\n\n"
         + harness.markdown_table(["model", "method", "pixel accuracy", "mAP", "mIoU", "threshold"], rows)
         + "\nThe paper gives Fig. 4a only as a plot (ImageNet-Segmentation, SCAN and SeLa ResNet-50, RotNet AlexNet); "
           "its text states that AGF beats every baseline in both mAP and pixel accuracy for every model, except "
           "RotNet, where AGF's mAP is considerably better and its pixel accuracy slightly lower. Our models and data "
-          "differ (small models trained on the procedural scenes, docs/benchmark.md).\n\n"
-        "## What is explained\n\n"
+          + ("differ (small models trained on the procedural scenes, docs/benchmark.md).\n\n" if not args.ssl_model
+             else f"come from the --ssl-model checkpoints {', '.join(args.ssl_model)}.\n\n")
+        + "## What is explained\n\n"
         "The SSL models have no head for the scene classes (nor for ImageNet's), so — unlike the paper's wording "
         "\"the ImageNet ground truth class\" — every map here explains the **SSL head's own class chosen by "
         "Algorithm 2 with Δ**: t = arg-max head(L_I − L_N) (a SeLa/SCAN cluster, or a RotNet rotation). The "
@@ -128,7 +172,7 @@ def markdown(results: Mapping[str, Any], args: Any) -> str:
         + "\n*object pixels* = mean fraction of the image covered by the object: the mAP a random map would get "
           "in expectation, and 100 − it is the pixel accuracy of an all-background prediction.\n\n"
         "## Conventions\n\n"
-        + ssl_eval.reference_conventions(args.n_reference)
+        + (ssl_eval.real_conventions(queries, reference) if real else ssl_eval.reference_conventions(args.n_reference))
         + "- Foreground = mask > 0 (the single object). A pixel is predicted foreground when the map is above "
           "the threshold: 0 for the signed methods (AGF, RAP, CLRP, SGLRP, LRP-αβ, Gradient SHAP), the per-image "
           "mean for non-negative maps (LRP, Grad-CAM, FullGrad, IG, SmoothGrad) — supervised_eval.threshold_for, "
@@ -147,16 +191,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the experiment and write fig4a.{md,json} and fig4a_scatter.png; returns the JSON data."""
     clock = ssl_eval.Stopwatch()
     args = parse_args(argv)
-    args.models = ssl_eval.name_list(args.models, ssl_eval.SSL_NAMES + ssl_eval.SUPERVISED_NAMES, "--models")
+    models = ssl_eval.model_loaders(args.models, args.ssl_model, MODELS)
+    real = args.imagenet_seg is not None or args.reference is not None
+    if args.image_size is not None and not real:
+        raise ValueError("--image-size applies to real images only (--imagenet-seg, --reference)")
+    ssl_eval.warn_if_embedded_on_real_data(list(models), args.ssl_model, real)
     args.methods = ssl_eval.name_list(args.methods, sorted(AVAILABLE), "--methods")
     args.n_images = args.n_images or DEFAULT_N_IMAGES
     ssl_eval.check_reference(args.n_reference)
     harness.setup(args)
-    results = ssl_eval.for_each_model(args.models, lambda name, model: evaluate_model(model, args))
+    results = ssl_eval.for_each_model(models, lambda name, model: evaluate_model(model, args))
     data = {"models": results,
             "settings": {"n_images": args.n_images, "n_reference": args.n_reference, "metric": ssl_eval.METRIC,
                          "factory": ssl_eval.FACTORY, "k": ssl_eval.K, "mode": MODE, "methods": list(args.methods),
-                         "objects": "single",
+                         "objects": "single", "queries": data_description(args)[0],
+                         "reference": data_description(args)[1], "ssl_models": list(args.ssl_model),
                          "thresholds": {m: se.threshold_for(m) for m in args.methods}},
             "time": clock.read()}
     harness.write_results(NAME, markdown(results, args), data, args,

@@ -5,6 +5,11 @@ scenes, embedded at the penultimate layer (the SSL head's input) and indexed wit
 k = 1. Queries are *test* scenes, so a query is never a member of S and cannot be its own neighbour.
 Scorers are nn.Modules, so Trainer.predict (experiments/harness.py) moves them to each rank's device.
 Segmentation counts, thresholds and perturbation summaries are supervised_eval's (shared with Tables 2, 3).
+
+Real data (issue #8): `--ssl-model NAME=PATH` replaces the embedded models by SCAN/SeLa/RotNet checkpoints
+(`ssl_models.load`), the scripts' `--imagenet-val`/`--imagenet-seg` replace the test scenes by real images
+(sslx.data readers, resized/cropped to the model's input size with its normalisation), and `--reference DIR`
+(or, by default, the dataset's images after the queries) replaces the train scenes as S.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import argparse
 import functools
 import sys
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -19,7 +25,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402  (puts the checkout on sys.path)
@@ -127,12 +133,133 @@ class FeatureScorer(nn.Module):
         return {"ids": batch["index"], "features": self.model.backbone(batch["image"])}
 
 
-def reference_index(model: nn.Module, n_reference: int, args: argparse.Namespace) -> FeatureIndex:
-    """FAISS Flat l2 index over the penultimate features of the first `n_reference` single-object train scenes."""
-    data = loader(scenes(model, "train", n_reference, seed=args.seed), args.batch_size * 4)
+def reference_index(model: nn.Module, n_reference: int, args: argparse.Namespace,
+                    dataset: Dataset | None = None) -> FeatureIndex:
+    """FAISS Flat l2 index over the penultimate features of the first `n_reference` items of `dataset`.
+
+    `dataset` None: the single-object train scenes. Ids are the items' own `index` entries.
+    """
+    if dataset is None:
+        data = loader(scenes(model, "train", n_reference, seed=args.seed), args.batch_size * 4)
+    else:
+        data = se.make_loader(dataset, n_reference, args.batch_size * 4)
     rows = harness.run_predict(FeatureScorer(model), data, args)
     return FeatureIndex.from_features(rows["features"], rows["ids"], METRIC, FACTORY, layer="penultimate",
                                       fingerprint=model_fingerprint(model))
+
+
+# ---- real data ---------------------------------------------------------------------------------
+def add_real_data_options(parser: argparse.ArgumentParser) -> None:
+    """Add --ssl-model NAME=PATH (repeatable), --reference DIR and --image-size (the real-data options)."""
+    g = parser.add_argument_group("real data (issue #8)")
+    g.add_argument("--ssl-model", action="append", default=[], metavar="NAME=PATH",
+                   help="a SCAN, SeLa or RotNet checkpoint (kind detected by ssl_models.load), evaluated as row NAME "
+                   "instead of the embedded models; repeat for several rows. Cannot be combined with --models")
+    g.add_argument("--reference", type=Path, default=None, metavar="DIR",
+                   help="reference set S for Algorithm 2: images in DIR/<class>/<image> (ImageFolder layout, e.g. an "
+                   "ImageNet train folder), the first --n-reference of them in sorted order. Default with real query "
+                   "data: the --n-reference images of the same dataset right after the --n-images queries (so no "
+                   "query is in S); default otherwise: the train scenes")
+    g.add_argument("--image-size", type=int, default=None,
+                   help="side of the real images after resize (shorter side to size·256/224, ImageFolder data) and "
+                   "centre crop, or resize (ImageNet-Segmentation); normalised with the model's mean/std (ImageNet's). "
+                   "Default: the model's own input size (224 for ImageNet checkpoints, 128 for the embedded models)")
+
+
+def ssl_model_specs(specs: Sequence[str]) -> dict[str, Path]:
+    """NAME=PATH strings → {NAME: PATH}, checking the form, unique names and that each file exists."""
+    out: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        name = name.strip()
+        if not sep or not name or not path:
+            raise ValueError(f"--ssl-model must be NAME=PATH, got {spec!r}")
+        if name in out:
+            raise ValueError(f"--ssl-model name {name!r} is given twice")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--ssl-model {name}: checkpoint file not found: {path}")
+        out[name] = Path(path)
+    return out
+
+
+def model_loaders(models: str | None, ssl_models_given: Sequence[str], default: Sequence[str]
+                  ) -> dict[str, Callable[[], nn.Module]]:
+    """Row name → loader: the --ssl-model checkpoints if any, else the embedded --models (or `default`)."""
+    specs = ssl_model_specs(ssl_models_given)
+    if specs and models is not None:
+        raise ValueError("give either --models (embedded models) or --ssl-model (checkpoints), not both")
+    if specs:
+        import ssl_models
+
+        return {name: functools.partial(ssl_models.load, path) for name, path in specs.items()}
+    names = name_list(models if models is not None else ",".join(default), SSL_NAMES + SUPERVISED_NAMES, "--models")
+    return {name: functools.partial(load_model, name) for name in names}
+
+
+def display(name: str) -> str:
+    """Row label of a model: the embedded models' display names, else the --ssl-model NAME itself."""
+    return DISPLAY.get(name, name)
+
+
+def real_input_size(model: nn.Module, image_size: int | None) -> int:
+    """--image-size, or the model's own input size (preprocess.input_size; 128 for the split classifiers)."""
+    if image_size is not None:
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+            raise ValueError(f"--image-size must be a positive integer, got {image_size!r}")
+        return image_size
+    pre = getattr(model, "preprocess", None)
+    return int(pre.input_size) if pre is not None else 128
+
+
+def image_folder(root: Path, model: nn.Module, image_size: int | None, labels: Path | None = None,
+                 what: str = "--reference") -> Dataset:
+    """ImageNet-style images (sslx.data.imagenet.ImageNetVal) at the model's size and normalisation."""
+    from sslx.data.imagenet import ImageNetVal
+    from sslx.data._image_io import EvalTransform
+
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"{what}: image folder not found: {root}")
+    size = real_input_size(model, image_size)
+    mean, std = normalisation(model)
+    return ImageNetVal(root, labels, EvalTransform(round(size * 256 / 224), size, mean, std))
+
+
+def imagenet_segmentation(path: Path, model: nn.Module, image_size: int | None) -> Dataset:
+    """ImageNet-Segmentation (gtsegs_ijcv.mat) images and masks at the model's size and normalisation."""
+    from sslx.data.imagenet_seg import ImageNetSegmentation
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--imagenet-seg: file not found: {path}")
+    data = ImageNetSegmentation(path, real_input_size(model, image_size))
+    data.mean, data.std = normalisation(model)  # per instance: the reader normalises with self.mean/self.std
+    return data
+
+
+def after_queries(dataset: Dataset, n_images: int, n_reference: int, flag: str) -> Dataset:
+    """The default S on real data: up to `n_reference` items of `dataset` right after its first `n_images`."""
+    total = len(dataset)  # type: ignore[arg-type]
+    if total <= n_images:
+        raise ValueError(f"{flag} holds {total} images, all used as queries (--n-images {n_images}); give --reference "
+                         "DIR or fewer --n-images so that some are left for the reference set")
+    return Subset(dataset, range(n_images, min(total, n_images + n_reference)))
+
+
+def warn_if_embedded_on_real_data(model_names: Sequence[str], ssl_models_given: Sequence[str], real: bool) -> None:
+    """Warn when the embedded models (trained on 128-px procedural scenes) are run on real images."""
+    if real and not ssl_models_given:
+        warnings.warn(f"the embedded models {list(model_names)} were trained on 128-px procedural scenes; their "
+                      "explanations of real images are a smoke test, not a reproduction (pass --ssl-model)",
+                      stacklevel=2)
+
+
+def real_conventions(queries: str, reference: str) -> str:
+    """Markdown bullet points describing the Algorithm-2 setting on real data."""
+    return (f"- **Algorithm 2**: queries = {queries}; reference set S = {reference}; features = the penultimate "
+            f"layer (the SSL head's input); FAISS `{FACTORY}` index, metric {METRIC} (squared Euclidean), k = {K}. "
+            "S never contains a query (separate folder, or the dataset's images after the queries); neighbour ids "
+            "are indices into S's dataset.\n"
+            "- **Δ** explains arg-max head(L_I − L_N), **Σ** arg-max head(L_I + L_N), **w/o** arg-max head(L_I), "
+            "with L_I the image's and L_N the neighbour's features (`sslx.ssl.explain`).\n")
 
 
 # ---- explanations ------------------------------------------------------------------------------
@@ -193,7 +320,8 @@ def experiment_parser(description: str | None) -> argparse.ArgumentParser:
     parser = harness.experiment_parser(description)
     parser.set_defaults(batch_size=32)  # larger batches run several times faster per image on a busy CPU
     parser.add_argument("--n-reference", type=int, default=DEFAULT_REFERENCE,
-                        help=f"reference set S = the first N single-object train scenes (default {DEFAULT_REFERENCE})")
+                        help=f"size of the reference set S: the first N single-object train scenes, or N real images (see "
+                        f"--reference) (default {DEFAULT_REFERENCE})")
     return parser
 
 
@@ -225,13 +353,14 @@ class Stopwatch:
         return {"wall_s": round(time.perf_counter() - self.wall, 1), "cpu_s": round(time.process_time() - self.cpu, 1)}
 
 
-def for_each_model(models: Sequence[str], evaluate: Callable[[str, nn.Module], dict[str, Any]]) -> dict[str, Any]:
-    """{name: evaluate(name, model) + its wall/CPU time} for each embedded model name, in order."""
+def for_each_model(models: Mapping[str, Callable[[], nn.Module]],
+                   evaluate: Callable[[str, nn.Module], dict[str, Any]]) -> dict[str, Any]:
+    """{name: evaluate(name, model) + its wall/CPU time} for each (name → model loader), in order."""
     results: dict[str, Any] = {}
-    for name in models:
+    for name, load in models.items():
         clock = Stopwatch()
         print(f"[{name}] evaluating", flush=True)
-        model = load_model(name)
+        model = load()
         results[name] = {**evaluate(name, model), "fingerprint": model_fingerprint(model), "time": clock.read()}
         print(f"[{name}] done: {results[name]['time']}", flush=True)
     return results

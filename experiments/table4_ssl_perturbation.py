@@ -2,6 +2,13 @@
 
     python experiments/table4_ssl_perturbation.py                   # vgg, sela, scan, rotnet; 48 test scenes
     python experiments/table4_ssl_perturbation.py --models sela,rotnet --n-images 32
+    python experiments/table4_ssl_perturbation.py --ssl-model SeLa=sela.pth --ssl-model SCAN=scan.pth \
+        --imagenet-val /data/imagenet/val --reference /data/imagenet/train --n-images 5000 --n-reference 50000
+
+Real data: --imagenet-val gives the query images (the first --n-images, ImageFolder layout or flat with
+--imagenet-val-labels), resized/cropped to --image-size with the model's normalisation; S is --reference
+DIR or, by default, the --n-reference images of the same folder right after the queries. The embedded
+models are allowed on real images (with a warning: they were trained on 128-px scenes); use --ssl-model.
 
 Predicted-SSL-class setting: the map explains the SSL class chosen on the combined features (Algorithm 2);
 after removing a fraction of the least relevant pixels, the image is classified again by the same SSL head
@@ -42,12 +49,45 @@ PAPER = {"vgg": {"agf": {"delta": 42.4, "sum": 42.1, "none": 41.2}, "rap": {"del
 def parse_args(argv: Sequence[str] | None) -> Any:
     """Options: the harness's common ones, --models, --methods, --n-reference, --fractions."""
     p = ssl_eval.experiment_parser(__doc__)
-    p.add_argument("--models", default=",".join(MODELS),
+    p.add_argument("--models", default=None,
                    help=f"embedded models, rows of the table (default: {','.join(MODELS)}; also resnet)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"explanation methods (default: {','.join(METHODS)})")
     p.add_argument("--fractions", default=",".join(f"{f:g}" for f in DEFAULT_FRACTIONS),
                    help="removal fractions; the AUC is the trapezoid over exactly these (default: 0.1,…,0.9)")
+    ssl_eval.add_real_data_options(p)
+    p.add_argument("--imagenet-val", type=Path, default=None, metavar="DIR",
+                   help="ImageNet validation folder: queries instead of the test scenes (ImageFolder layout, or flat "
+                   "with --imagenet-val-labels)")
+    p.add_argument("--imagenet-val-labels", type=Path, default=None, metavar="FILE",
+                   help="label file of a flat validation folder (labels are not used by the SSL test, only read)")
     return p.parse_args(argv)
+
+
+def datasets(model: nn.Module, args: Any) -> tuple[Any, Any]:
+    """(queries, reference S) for one model; None means the scenes (test queries, train S)."""
+    queries = reference = None
+    if args.imagenet_val is not None:
+        queries = ssl_eval.image_folder(args.imagenet_val, model, args.image_size, args.imagenet_val_labels,
+                                        "--imagenet-val")
+    if args.reference is not None:
+        reference = ssl_eval.image_folder(args.reference, model, args.image_size)
+    elif queries is not None:
+        reference = ssl_eval.after_queries(queries, args.n_images, args.n_reference, "--imagenet-val")
+    return queries, reference
+
+
+def data_description(args: Any, n_images: int | None = None) -> tuple[str, str]:
+    """(queries, reference S) in words, for the results file; `n_images` = how many queries were evaluated."""
+    n = args.n_images if n_images is None else n_images
+    queries = (f"the first {n} images of {args.imagenet_val}" if args.imagenet_val is not None
+               else f"{n} single-object test scenes")
+    if args.reference is not None:
+        reference = f"the first {args.n_reference} images of {args.reference}"
+    elif args.imagenet_val is not None:
+        reference = f"up to {args.n_reference} images of {args.imagenet_val} after the queries"
+    else:
+        reference = f"the first {args.n_reference} single-object train scenes"
+    return queries, reference
 
 
 class SSLPerturbationScorer(nn.Module):
@@ -73,14 +113,18 @@ class SSLPerturbationScorer(nn.Module):
 
 def evaluate_model(name: str, model: nn.Module, args: Any) -> dict[str, Any]:
     """Index S, explain and perturb the test scenes, summarise the curves of one model."""
-    index = ssl_eval.reference_index(model, args.n_reference, args)
-    data = ssl_eval.loader(ssl_eval.scenes(model, "test", args.n_images, seed=args.seed), args.batch_size)
+    queries, reference = datasets(model, args)
+    index = ssl_eval.reference_index(model, args.n_reference, args, reference)
+    if queries is None:
+        data = ssl_eval.loader(ssl_eval.scenes(model, "test", args.n_images, seed=args.seed), args.batch_size)
+    else:
+        data = se.make_loader(queries, args.n_images, args.batch_size)
     rows = harness.run_predict(SSLPerturbationScorer(model, index, args.methods, args.fractions), data, args)
     classes = {mode: rows[f"class|{mode}"] for mode in ssl_eval.MODES}
     return {"curves": se.perturbation_summary(rows, args.methods, ssl_eval.MODES, args.fractions),
             "image_ids": rows["ids"].tolist(), "neighbor_ids": rows["neighbor"].tolist(),
             "ssl_class": {mode: c.tolist() for mode, c in classes.items()},
-            "head_classes": int(model.head.out_features),
+            "head_classes": int(model.head.out_features), "n_reference": len(index),
             "distinct_classes": {mode: int(c.unique().numel()) for mode, c in classes.items()},
             "same_class_as_none": {mode: 100.0 * float((c == classes["none"]).double().mean())
                                    for mode, c in classes.items()}}
@@ -93,32 +137,36 @@ def markdown(results: Mapping[str, Any], args: Any) -> str:
         return f"{METHOD_LABELS.get(method, method)} {ssl_eval.MODE_LABELS[mode]}"
 
     header = ["model"] + [column(m, mode) for m in args.methods for mode in modes]
-    ours = [[ssl_eval.DISPLAY[n]] + [r["curves"][m][mode]["auc"] for m in args.methods for mode in modes]
+    ours = [[ssl_eval.display(n)] + [r["curves"][m][mode]["auc"] for m in args.methods for mode in modes]
             for n, r in results.items()]
-    se_rows = [[ssl_eval.DISPLAY[n]] + [r["curves"][m][mode]["auc_se"] for m in args.methods for mode in modes]
+    se_rows = [[ssl_eval.display(n)] + [r["curves"][m][mode]["auc_se"] for m in args.methods for mode in modes]
                for n, r in results.items()]
     paper_methods = [m for m in args.methods if m in METHODS]
     paper_header = ["model"] + [column(m, mode) for m in paper_methods for mode in modes]
     paper = [[ssl_eval.DISPLAY[n] if n != "vgg" else "Supervised (VGG-19)"]
              + [PAPER[n][m][mode] for m in paper_methods for mode in modes] for n in PAPER]
-    classes = [[ssl_eval.DISPLAY[n], r["head_classes"]] + [r["distinct_classes"][mode] for mode in modes]
+    classes = [[ssl_eval.display(n), r["head_classes"]] + [r["distinct_classes"][mode] for mode in modes]
                + [r["same_class_as_none"][mode] for mode in ("delta", "sum")] for n, r in results.items()]
     n_images = next(iter(results.values()))["curves"][args.methods[0]]["delta"]["n_images"]
     fractions = ", ".join(f"{f:g}" for f in args.fractions)
+    queries, reference = data_description(args, n_images)
+    real = args.imagenet_val is not None or args.reference is not None
     return (
         "# Table 4 — negative perturbation of SSL explanations (Δ / Σ / w/o)\n\n"
         "Generated by `experiments/table4_ssl_perturbation.py`. AUC of the accuracy curve (%) over the removal "
         "fractions, higher is better; ± values in the second table are the standard errors of the per-image AUCs.\n\n"
-        f"## Ours (embedded models, {n_images} single-object test scenes)\n\n"
+        f"## Ours ({'checkpoints ' + ', '.join(results) if args.ssl_model else 'embedded models'}, {queries})\n\n"
         + harness.markdown_table(header, ours)
         + "\nStandard error of each AUC:\n\n" + harness.markdown_table(header, se_rows)
         + "\n## The paper's Table 4 (ImageNet)\n\n" + harness.markdown_table(paper_header, paper)
         + "\n*The paper's numbers come from ImageNet-trained VGG-19, SeLa and SCAN ResNet-50 on ImageNet images; "
-          "ours from small models trained on the procedural scenes (docs/benchmark.md), with a different number of "
-          "SSL classes and images. Only the ordering within a row is comparable, not the values. The paper has no "
+          + ("ours from small models trained on the procedural scenes (docs/benchmark.md), with a different number of "
+             "SSL classes and images." if not args.ssl_model else
+             f"ours from the --ssl-model checkpoints {', '.join(args.ssl_model)} on {queries}.")
+        + " Only the ordering within a row is comparable, not the values. The paper has no "
           "RotNet row.*\n\n"
         "## Protocol\n\n"
-        + ssl_eval.reference_conventions(args.n_reference)
+        + (ssl_eval.real_conventions(queries, reference) if real else ssl_eval.reference_conventions(args.n_reference))
         + "- **Supervised row**: the embedded VGG treated like an SSL model: its last Linear is the head, L_I and "
           "L_N are the 256-d inputs of that Linear (after ReLU/Dropout), the head's 12 scene classes are the "
           "'SSL classes'.\n"
@@ -149,7 +197,7 @@ def curves_figure(results: Mapping[str, Any], methods: Sequence[str]) -> Figure:
                 c = r["curves"][method][mode]
                 ax.plot(c["fractions"], c["accuracy"], styles[mode], color=f"C{i}", marker="o", markersize=3,
                         label=f"{METHOD_LABELS.get(method, method)} {ssl_eval.MODE_LABELS[mode]} ({c['auc']:.1f})")
-        ax.set_title(ssl_eval.DISPLAY[name])
+        ax.set_title(ssl_eval.display(name))
         ax.set_xlabel("fraction of pixels removed")
         ax.set_ylabel("SSL class kept (%)")
         ax.grid(alpha=0.3)
@@ -161,18 +209,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the experiment and write table4.{md,json,png}; returns the JSON data."""
     clock = ssl_eval.Stopwatch()
     args = parse_args(argv)
-    args.models = ssl_eval.name_list(args.models, ssl_eval.SSL_NAMES + ssl_eval.SUPERVISED_NAMES, "--models")
+    models = ssl_eval.model_loaders(args.models, args.ssl_model, MODELS)
+    if args.imagenet_val_labels is not None and args.imagenet_val is None:
+        raise ValueError("--imagenet-val-labels needs --imagenet-val")
+    real = args.imagenet_val is not None or args.reference is not None
+    if args.image_size is not None and not real:
+        raise ValueError("--image-size applies to real images only (--imagenet-val, --reference)")
+    ssl_eval.warn_if_embedded_on_real_data(list(models), args.ssl_model, real)
     args.methods = ssl_eval.name_list(args.methods, sorted(METHODS_AVAILABLE), "--methods")
     args.fractions = ssl_eval.fraction_list(args.fractions)
     args.n_images = args.n_images or DEFAULT_N_IMAGES
     ssl_eval.check_reference(args.n_reference)
     harness.setup(args)
-    results = ssl_eval.for_each_model(args.models, lambda name, model: evaluate_model(name, model, args))
+    results = ssl_eval.for_each_model(models, lambda name, model: evaluate_model(name, model, args))
     data = {"models": results, "paper": PAPER,
             "settings": {"n_images": args.n_images, "n_reference": args.n_reference, "metric": ssl_eval.METRIC,
                          "factory": ssl_eval.FACTORY, "k": ssl_eval.K, "fractions": list(args.fractions),
                          "methods": list(args.methods), "objects": "single", "order": "negative",
-                         "setting": "predicted SSL class"},
+                         "setting": "predicted SSL class", "queries": data_description(args)[0],
+                         "reference": data_description(args)[1], "ssl_models": list(args.ssl_model)},
             "time": clock.read()}
     harness.write_results(NAME, markdown(results, args), data, args, {"curves": curves_figure(results, args.methods)})
     return data

@@ -158,3 +158,108 @@ def test_fig4b_runs_the_probe_job_per_layer(tmp_path) -> None:
     text = (tmp_path / "fig4b.md").read_text()
     assert text.count("| conv") == 1
     assert (tmp_path / "fig4b_layers.png").stat().st_size > 1000
+
+
+# ---------------------------------------------------------------------------- real data (issue #8)
+def _tiny_checkpoint(tmp_path: Path) -> Path:
+    """A random 64-px RotNet checkpoint in the published (gidariss) layout."""
+    from probe_fixtures import write_tiny_rotnet
+
+    return write_tiny_rotnet(tmp_path / "rotnet_tiny.pth", seed=7)
+
+
+def _real_common(out: Path) -> list[str]:
+    return ["--n-images", "2", "--n-reference", "8", "--batch-size", "2", "--threads", "1", "--out-dir", str(out)]
+
+
+def test_table4_on_imagenet_val_fixture_with_a_checkpoint(tmp_path) -> None:
+    import ssl_models
+    from fixtures_readers import write_image_folder
+
+    write_image_folder(tmp_path / "val")  # 3 images: the first 2 are the queries, the third is S
+    ckpt = _tiny_checkpoint(tmp_path)
+    out = tmp_path / "out"
+    _script("table4_ssl_perturbation").main(["--ssl-model", f"tiny={ckpt}", "--imagenet-val", str(tmp_path / "val"),
+                                             "--methods", "agf", "--fractions", "0,0.5,0.9", *_real_common(out)])
+    data = json.loads((out / "table4.json").read_text())
+    entry = data["models"]["tiny"]
+    assert entry["image_ids"] == [0, 1] and entry["n_reference"] == 1
+    assert entry["neighbor_ids"] == [2, 2]  # the only image after the queries
+    for mode in ("delta", "sum", "none"):
+        curve = entry["curves"]["agf"][mode]
+        assert curve["accuracy"][0] == 100.0 and curve["n_images"] == 2
+        assert set(curve["accuracy"]) <= {0.0, 50.0, 100.0}
+        expected = float(torch.trapezoid(torch.tensor(curve["accuracy"], dtype=torch.float64),
+                                         torch.tensor(curve["fractions"], dtype=torch.float64)))
+        assert curve["auc"] == pytest.approx(expected, abs=1e-9)
+    # Δ/Σ/w-o classes = arg-max head(L_I ∓ L_N) on the same 64-px ImageNet-normalised images
+    model = ssl_models.load(ckpt)
+    images = _script("ssl_eval").image_folder(tmp_path / "val", model, None)
+    with torch.no_grad():
+        feats = model.backbone(torch.stack([images[i]["image"] for i in range(3)]))
+        queries, neighbour = feats[:2], feats[2:].expand(2, -1)
+        expected_classes = {"delta": model.head(queries - neighbour), "sum": model.head(queries + neighbour),
+                            "none": model.head(queries)}
+    for mode, logits in expected_classes.items():
+        assert entry["ssl_class"][mode] == logits.argmax(dim=1).tolist(), mode
+    assert images[0]["image"].shape == (3, 64, 64)  # the checkpoint's own input size
+    text = (out / "table4.md").read_text()
+    assert "checkpoints tiny" in text and "after the queries" in text and "| tiny |" in text
+    assert data["settings"]["ssl_models"] == [f"tiny={ckpt}"]
+
+
+def test_fig4a_on_imagenet_seg_fixture_with_reference_folder(tmp_path) -> None:
+    from fixtures_readers import seg_entry, write_gtsegs_v73, write_image_folder
+
+    entries = [seg_entry(40, 50, (8, 10, 30, 40), (20, 120, 20), (230, 40, 40)),
+               seg_entry(36, 36, (4, 4, 20, 24), (60, 60, 160), (240, 240, 30))]
+    mat = tmp_path / "gtsegs_ijcv.mat"
+    write_gtsegs_v73(mat, [e[0] for e in entries], [e[1] for e in entries])
+    write_image_folder(tmp_path / "ref")  # 3 reference images
+    out = tmp_path / "out"
+    data = _script("fig4a_ssl_segmentation").main(["--ssl-model", f"tiny={_tiny_checkpoint(tmp_path)}",
+                                                   "--imagenet-seg", str(mat), "--reference", str(tmp_path / "ref"),
+                                                   "--methods", "agf,gradcam", *_real_common(out)])
+    entry = data["models"]["tiny"]
+    assert entry["image_ids"] == [0, 1] and entry["n_reference"] == 3
+    assert all(0 <= n < 3 for n in entry["neighbor_ids"])
+    # object pixels at 64 px (nearest-neighbour resized masks): 22·30/2000 and 16·20/1296 of the image, ±resizing
+    assert entry["foreground_fraction"] == pytest.approx(100 * (660 / 2000 + 320 / 1296) / 2, abs=1.0)
+    for method in ("agf", "gradcam"):
+        scores = entry["scores"][method]
+        assert scores["n_images"] == 2
+        assert all(0.0 <= scores[k] <= 100.0 for k in ("pixel_accuracy", "mAP", "mIoU"))
+    assert (out / "fig4a.md").is_file() and (out / "fig4a_scatter.png").stat().st_size > 1000
+    assert "the first 2 entries of" in (out / "fig4a.md").read_text()
+
+
+def test_real_data_errors_name_the_problem(tmp_path) -> None:
+    table4, fig4a = _script("table4_ssl_perturbation"), _script("fig4a_ssl_segmentation")
+    missing = tmp_path / "nope.pth"
+    with pytest.raises(FileNotFoundError, match="checkpoint file not found: .*nope.pth"):
+        table4.main(["--ssl-model", f"x={missing}", *_real_common(tmp_path)])
+    with pytest.raises(ValueError, match="NAME=PATH"):
+        fig4a.main(["--ssl-model", str(missing), *_real_common(tmp_path)])
+    ckpt = _tiny_checkpoint(tmp_path)
+    with pytest.raises(ValueError, match="either --models"):
+        table4.main(["--models", "rotnet", "--ssl-model", f"x={ckpt}", *_real_common(tmp_path)])
+    with pytest.raises(FileNotFoundError, match="--imagenet-val: image folder not found: .*no_val"):
+        table4.main(["--ssl-model", f"x={ckpt}", "--imagenet-val", str(tmp_path / "no_val"), *_real_common(tmp_path)])
+    with pytest.raises(FileNotFoundError, match="--imagenet-seg: file not found: .*no.mat"):
+        fig4a.main(["--ssl-model", f"x={ckpt}", "--imagenet-seg", str(tmp_path / "no.mat"), *_real_common(tmp_path)])
+    with pytest.raises(ValueError, match="--imagenet-val-labels needs --imagenet-val"):
+        table4.main(["--ssl-model", f"x={ckpt}", "--imagenet-val-labels", str(ckpt), *_real_common(tmp_path)])
+
+
+@needs
+def test_embedded_model_on_real_images_warns_and_runs_at_its_own_size(tmp_path) -> None:
+    from fixtures_readers import write_image_folder
+
+    write_image_folder(tmp_path / "val")
+    with pytest.warns(UserWarning, match="trained on 128-px procedural scenes"):
+        data = _script("table4_ssl_perturbation").main(["--models", "rotnet", "--imagenet-val", str(tmp_path / "val"),
+                                                        "--methods", "agf", "--fractions", "0,0.5",
+                                                        *_real_common(tmp_path / "out")])
+    assert data["models"]["rotnet"]["n_reference"] == 1  # 128-px inputs (the embedded RotNet's fixed size) worked
+    with pytest.raises(ValueError, match="--image-size applies to real images only"):
+        _script("table4_ssl_perturbation").main(["--models", "rotnet", "--image-size", "64", *_real_common(tmp_path)])
