@@ -244,6 +244,28 @@ def after_queries(dataset: Dataset, n_images: int, n_reference: int, flag: str) 
     return Subset(dataset, range(n_images, min(total, n_images + n_reference)))
 
 
+def with_reference(queries: Dataset | None, model: nn.Module, args: Any, flag: str) -> tuple[Any, Any]:
+    """(queries, reference S): S from --reference, else the real images after the queries; None = the scenes."""
+    if args.reference is not None:
+        return queries, image_folder(args.reference, model, args.image_size)
+    if queries is not None:
+        return queries, after_queries(queries, args.n_images, args.n_reference, flag)
+    return queries, None
+
+
+def describe_data(args: Any, source: Path | None, noun: str, n_images: int | None = None) -> tuple[str, str]:
+    """(queries, reference S) in words for the results file; `source` = the real query data, if any."""
+    n = args.n_images if n_images is None else n_images
+    queries = f"the first {n} {noun} of {source}" if source is not None else f"{n} single-object test scenes"
+    if args.reference is not None:
+        reference = f"the first {args.n_reference} images of {args.reference}"
+    elif source is not None:
+        reference = f"up to {args.n_reference} {noun} of {source} after the queries"
+    else:
+        reference = f"the first {args.n_reference} single-object train scenes"
+    return queries, reference
+
+
 def warn_if_embedded_on_real_data(model_names: Sequence[str], ssl_models_given: Sequence[str], real: bool) -> None:
     """Warn when the embedded models (trained on 128-px procedural scenes) are run on real images."""
     if real and not ssl_models_given:

@@ -65,29 +65,16 @@ def parse_args(argv: Sequence[str] | None) -> Any:
 
 def datasets(model: nn.Module, args: Any) -> tuple[Any, Any]:
     """(queries, reference S) for one model; None means the scenes (test queries, train S)."""
-    queries = reference = None
+    queries = None
     if args.imagenet_val is not None:
         queries = ssl_eval.image_folder(args.imagenet_val, model, args.image_size, args.imagenet_val_labels,
                                         "--imagenet-val")
-    if args.reference is not None:
-        reference = ssl_eval.image_folder(args.reference, model, args.image_size)
-    elif queries is not None:
-        reference = ssl_eval.after_queries(queries, args.n_images, args.n_reference, "--imagenet-val")
-    return queries, reference
+    return ssl_eval.with_reference(queries, model, args, "--imagenet-val")
 
 
 def data_description(args: Any, n_images: int | None = None) -> tuple[str, str]:
     """(queries, reference S) in words, for the results file; `n_images` = how many queries were evaluated."""
-    n = args.n_images if n_images is None else n_images
-    queries = (f"the first {n} images of {args.imagenet_val}" if args.imagenet_val is not None
-               else f"{n} single-object test scenes")
-    if args.reference is not None:
-        reference = f"the first {args.n_reference} images of {args.reference}"
-    elif args.imagenet_val is not None:
-        reference = f"up to {args.n_reference} images of {args.imagenet_val} after the queries"
-    else:
-        reference = f"the first {args.n_reference} single-object train scenes"
-    return queries, reference
+    return ssl_eval.describe_data(args, args.imagenet_val, "images", n_images)
 
 
 class SSLPerturbationScorer(nn.Module):
