@@ -56,12 +56,12 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     return p.parse_args(argv)
 
 
-def datasets(model: nn.Module, args: Any) -> tuple[Any, Any]:
-    """(queries, reference S) for one model; None means the scenes (test queries, train S)."""
+def index_and_queries(model: nn.Module, args: Any) -> tuple[FeatureIndex, Any]:
+    """The FAISS index over S and the query batches (ImageNet-Seg entries, or the test scenes)."""
     queries = None
     if args.imagenet_seg is not None:
         queries = ssl_eval.imagenet_segmentation(args.imagenet_seg, model, args.image_size)
-    return ssl_eval.with_reference(queries, model, args, "--imagenet-seg")
+    return ssl_eval.index_and_queries(queries, model, args, "--imagenet-seg")
 
 
 def data_description(args: Any, n_images: int | None = None) -> tuple[str, str]:
@@ -91,12 +91,7 @@ class SSLSegmentationScorer(nn.Module):
 
 def evaluate_model(model: nn.Module, args: Any) -> dict[str, Any]:
     """Index S, explain the test scenes with every method, score the maps against the masks."""
-    queries, reference = datasets(model, args)
-    index = ssl_eval.reference_index(model, args.n_reference, args, reference)
-    if queries is None:
-        data = ssl_eval.loader(ssl_eval.scenes(model, "test", args.n_images, seed=args.seed), args.batch_size)
-    else:
-        data = se.make_loader(queries, args.n_images, args.batch_size)
+    index, data = index_and_queries(model, args)
     rows = harness.run_predict(SSLSegmentationScorer(model, index, args.methods), data, args)
     classes = rows["class"]
     return {"scores": se.segmentation_summary(rows, args.methods), "image_ids": rows["ids"].tolist(),
@@ -187,12 +182,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args.n_images = args.n_images or DEFAULT_N_IMAGES
     ssl_eval.check_reference(args.n_reference)
     harness.setup(args)
+    queries, reference = data_description(args)
     results = ssl_eval.for_each_model(models, lambda name, model: evaluate_model(model, args))
     data = {"models": results,
             "settings": {"n_images": args.n_images, "n_reference": args.n_reference, "metric": ssl_eval.METRIC,
                          "factory": ssl_eval.FACTORY, "k": ssl_eval.K, "mode": MODE, "methods": list(args.methods),
-                         "objects": "single", "queries": data_description(args)[0],
-                         "reference": data_description(args)[1], "ssl_models": list(args.ssl_model),
+                         "objects": "single", "queries": queries,
+                         "reference": reference, "ssl_models": list(args.ssl_model),
                          "thresholds": {m: se.threshold_for(m) for m in args.methods}},
             "time": clock.read()}
     harness.write_results(NAME, markdown(results, args), data, args,

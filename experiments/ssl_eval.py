@@ -244,13 +244,18 @@ def after_queries(dataset: Dataset, n_images: int, n_reference: int, flag: str) 
     return Subset(dataset, range(n_images, min(total, n_images + n_reference)))
 
 
-def with_reference(queries: Dataset | None, model: nn.Module, args: Any, flag: str) -> tuple[Any, Any]:
-    """(queries, reference S): S from --reference, else the real images after the queries; None = the scenes."""
+def index_and_queries(queries: Dataset | None, model: nn.Module, args: Any, flag: str) -> tuple[FeatureIndex, DataLoader]:
+    """FAISS index over S and the query batches: real queries with S from --reference (else the images after
+    the queries), or, for `queries=None`, the test scenes with the train scenes as S."""
+    reference = None
     if args.reference is not None:
-        return queries, image_folder(args.reference, model, args.image_size)
-    if queries is not None:
-        return queries, after_queries(queries, args.n_images, args.n_reference, flag)
-    return queries, None
+        reference = image_folder(args.reference, model, args.image_size)
+    elif queries is not None:
+        reference = after_queries(queries, args.n_images, args.n_reference, flag)
+    index = reference_index(model, args.n_reference, args, reference)
+    if queries is None:
+        return index, loader(scenes(model, "test", args.n_images, seed=args.seed), args.batch_size)
+    return index, se.make_loader(queries, args.n_images, args.batch_size)
 
 
 def describe_data(args: Any, source: Path | None, noun: str, n_images: int | None = None) -> tuple[str, str]:

@@ -63,13 +63,13 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     return p.parse_args(argv)
 
 
-def datasets(model: nn.Module, args: Any) -> tuple[Any, Any]:
-    """(queries, reference S) for one model; None means the scenes (test queries, train S)."""
+def index_and_queries(model: nn.Module, args: Any) -> tuple[FeatureIndex, Any]:
+    """The FAISS index over S and the query batches (ImageNet validation images, or the test scenes)."""
     queries = None
     if args.imagenet_val is not None:
         queries = ssl_eval.image_folder(args.imagenet_val, model, args.image_size, args.imagenet_val_labels,
                                         "--imagenet-val")
-    return ssl_eval.with_reference(queries, model, args, "--imagenet-val")
+    return ssl_eval.index_and_queries(queries, model, args, "--imagenet-val")
 
 
 def data_description(args: Any, n_images: int | None = None) -> tuple[str, str]:
@@ -100,12 +100,7 @@ class SSLPerturbationScorer(nn.Module):
 
 def evaluate_model(name: str, model: nn.Module, args: Any) -> dict[str, Any]:
     """Index S, explain and perturb the test scenes, summarise the curves of one model."""
-    queries, reference = datasets(model, args)
-    index = ssl_eval.reference_index(model, args.n_reference, args, reference)
-    if queries is None:
-        data = ssl_eval.loader(ssl_eval.scenes(model, "test", args.n_images, seed=args.seed), args.batch_size)
-    else:
-        data = se.make_loader(queries, args.n_images, args.batch_size)
+    index, data = index_and_queries(model, args)
     rows = harness.run_predict(SSLPerturbationScorer(model, index, args.methods, args.fractions), data, args)
     classes = {mode: rows[f"class|{mode}"] for mode in ssl_eval.MODES}
     return {"curves": se.perturbation_summary(rows, args.methods, ssl_eval.MODES, args.fractions),
@@ -208,13 +203,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args.n_images = args.n_images or DEFAULT_N_IMAGES
     ssl_eval.check_reference(args.n_reference)
     harness.setup(args)
+    queries, reference = data_description(args)
     results = ssl_eval.for_each_model(models, lambda name, model: evaluate_model(name, model, args))
     data = {"models": results, "paper": PAPER,
             "settings": {"n_images": args.n_images, "n_reference": args.n_reference, "metric": ssl_eval.METRIC,
                          "factory": ssl_eval.FACTORY, "k": ssl_eval.K, "fractions": list(args.fractions),
                          "methods": list(args.methods), "objects": "single", "order": "negative",
-                         "setting": "predicted SSL class", "queries": data_description(args)[0],
-                         "reference": data_description(args)[1], "ssl_models": list(args.ssl_model)},
+                         "setting": "predicted SSL class", "queries": queries,
+                         "reference": reference, "ssl_models": list(args.ssl_model)},
             "time": clock.read()}
     harness.write_results(NAME, markdown(results, args), data, args, {"curves": curves_figure(results, args.methods)})
     return data
