@@ -21,7 +21,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor, nn
@@ -77,16 +76,15 @@ class SSLSegmentationScorer(nn.Module):
         self.model, self.index, self.methods = model, index, tuple(methods)
 
     def forward(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        with torch.inference_mode(False):
-            x, masks = batch["image"].clone(), batch["mask"].clone()
-            rows: dict[str, Tensor] = {"ids": batch["index"].clone()}
-            for method in self.methods:
-                explanation = ssl_eval.explain(self.model, x, self.index, MODE, method)
-                for key, value in se.segmentation_rows(explanation.heatmaps, masks, se.threshold_for(method)).items():
-                    rows[f"{method}|{key}"] = value
-            rows["class"], rows["neighbor"] = explanation.ssl_class, explanation.neighbor_ids[:, 0]
-            rows["foreground"] = (masks > 0).flatten(1).double().mean(dim=1)
-            return rows
+        x, masks = batch["image"], batch["mask"]
+        rows: dict[str, Tensor] = {"ids": batch["index"]}
+        for method in self.methods:
+            explanation = ssl_eval.explain(self.model, x, self.index, MODE, method)
+            for key, value in se.segmentation_rows(explanation.heatmaps, masks, se.threshold_for(method)).items():
+                rows[f"{method}|{key}"] = value
+        rows["class"], rows["neighbor"] = explanation.ssl_class, explanation.neighbor_ids[:, 0]
+        rows["foreground"] = (masks > 0).flatten(1).double().mean(dim=1)
+        return rows
 
 
 def evaluate_model(model: nn.Module, args: Any) -> dict[str, Any]:

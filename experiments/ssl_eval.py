@@ -292,8 +292,7 @@ def real_conventions(queries: str, reference: str) -> str:
 # ---- explanations ------------------------------------------------------------------------------
 def explain(model: nn.Module, x: Tensor, index: FeatureIndex, mode: str, method: str) -> ssl.SSLExplanation:
     """Algorithm 2 on a batch: `method` explains the SSL head's arg-max on the Δ/Σ/w-o combined features."""
-    with torch.inference_mode(False), torch.enable_grad():  # Trainer.predict runs in inference mode
-        x = x.clone()
+    with torch.enable_grad():  # Trainer.predict runs under no_grad
         out = ssl.explain(model, x, index, mode=mode, method=method, k=K, **method_options(model, method))
     return ssl.SSLExplanation(out.heatmaps.detach().to(x.dtype), out.ssl_class, out.neighbor_ids, out.logits.detach())
 

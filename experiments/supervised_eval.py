@@ -158,11 +158,6 @@ class Explainers(nn.Module):
             return self._built[key].attribute(x, target).detach().to(x.dtype)
 
 
-def _usable(t: Tensor) -> Tensor:
-    """A normal tensor from a batch tensor created under Trainer.predict's inference mode (autograd can use it)."""
-    return t.clone()
-
-
 def threshold_for(method: str) -> float | str:
     """The segmentation threshold of a method's maps: 0 for signed maps, 'mean' for non-negative ones."""
     return 0.0 if method in SIGNED_METHODS else "mean"
@@ -183,28 +178,27 @@ class PerturbationScorer(nn.Module):
         self.mean, self.std, self.fractions = tuple(mean), tuple(std), tuple(fractions)
 
     def forward(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        with torch.inference_mode(False):
-            x, labels = _usable(batch["image"]), _usable(batch["label"])
-            model = self.explainers.model
-            with torch.no_grad():
-                predictions = model(x).argmax(dim=1)
-            pixels = denormalize(x, self.mean, self.std).clamp(0.0, 1.0)
-            norm = lambda t: normalize(t, self.mean, self.std)  # noqa: E731
-            rows = {"ids": batch["index"].clone(), "clean_correct": (predictions == labels),
-                    "predictions": predictions}
-            differ = (predictions != labels).nonzero().flatten()
-            for name in self.explainers.names:
-                first = predictions if "target" not in self.variants else labels
-                maps = self.explainers.explain(name, x, first)
-                for variant in self.variants:
-                    targets = labels if variant == "target" else predictions
-                    variant_maps = maps
-                    if variant == "predicted" and "target" in self.variants and differ.numel():
-                        variant_maps = maps.clone()
-                        variant_maps[differ] = self.explainers.explain(name, x[differ], predictions[differ])
-                    rows[f"{name}|{variant}"] = perturbation_correct(model, pixels, variant_maps, targets, self.order,
-                                                                     self.fractions, norm)
-            return rows
+        x, labels = batch["image"], batch["label"]
+        model = self.explainers.model
+        with torch.no_grad():
+            predictions = model(x).argmax(dim=1)
+        pixels = denormalize(x, self.mean, self.std).clamp(0.0, 1.0)
+        norm = lambda t: normalize(t, self.mean, self.std)  # noqa: E731
+        rows = {"ids": batch["index"], "clean_correct": (predictions == labels),
+                "predictions": predictions}
+        differ = (predictions != labels).nonzero().flatten()
+        for name in self.explainers.names:
+            first = predictions if "target" not in self.variants else labels
+            maps = self.explainers.explain(name, x, first)
+            for variant in self.variants:
+                targets = labels if variant == "target" else predictions
+                variant_maps = maps
+                if variant == "predicted" and "target" in self.variants and differ.numel():
+                    variant_maps = maps.clone()
+                    variant_maps[differ] = self.explainers.explain(name, x[differ], predictions[differ])
+                rows[f"{name}|{variant}"] = perturbation_correct(model, pixels, variant_maps, targets, self.order,
+                                                                 self.fractions, norm)
+        return rows
 
 
 def perturbation_summary(rows: Mapping[str, Tensor], names: Sequence[str], variants: Sequence[str],
@@ -284,16 +278,15 @@ class SegmentationScorer(nn.Module):
         self.explainers = explainers
 
     def forward(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        with torch.inference_mode(False):
-            x, masks = _usable(batch["image"]), _usable(batch["mask"])
-            with torch.no_grad():
-                predictions = self.explainers.model(x).argmax(dim=1)
-            rows: dict[str, Tensor] = {"ids": batch["index"].clone()}
-            for name in self.explainers.names:
-                maps = self.explainers.explain(name, x, predictions)
-                for key, value in segmentation_rows(maps, masks, threshold_for(name)).items():
-                    rows[f"{name}|{key}"] = value
-            return rows
+        x, masks = batch["image"], batch["mask"]
+        with torch.no_grad():
+            predictions = self.explainers.model(x).argmax(dim=1)
+        rows: dict[str, Tensor] = {"ids": batch["index"]}
+        for name in self.explainers.names:
+            maps = self.explainers.explain(name, x, predictions)
+            for key, value in segmentation_rows(maps, masks, threshold_for(name)).items():
+                rows[f"{name}|{key}"] = value
+        return rows
 
 
 def segmentation_summary(rows: Mapping[str, Tensor], names: Sequence[str]) -> dict[str, dict[str, float]]:
@@ -350,23 +343,22 @@ class MultiLabelSegmentationScorer(nn.Module):
         self.explainers, self.ignore_index = explainers, ignore_index
 
     def forward(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        with torch.inference_mode(False):
-            x, masks = _usable(batch["image"]), _usable(batch["mask"])
-            with torch.no_grad():
-                chosen = self.explainers.model(x).sigmoid() > 0.5
-            images, classes = chosen.nonzero(as_tuple=True)
-            b, k = chosen.shape
-            rows: dict[str, Tensor] = {"ids": batch["index"].clone(), "n_chosen": chosen.sum(dim=1)}
-            if "labels" in batch:
-                truth = _usable(batch["labels"]) > 0.5
-                rows["exact_set"] = (chosen == truth).all(dim=1)
-            for name in self.explainers.names:
-                maps = self.explainers.explain(name, x[images], classes)
-                evidence = x.new_zeros((b, k, *x.shape[2:]))
-                evidence[images, classes] = class_evidence(maps, threshold_for(name))[:, 0]
-                for key, value in multilabel_rows(label_scores(evidence, chosen), masks, self.ignore_index).items():
-                    rows[f"{name}|{key}"] = value
-            return rows
+        x, masks = batch["image"], batch["mask"]
+        with torch.no_grad():
+            chosen = self.explainers.model(x).sigmoid() > 0.5
+        images, classes = chosen.nonzero(as_tuple=True)
+        b, k = chosen.shape
+        rows: dict[str, Tensor] = {"ids": batch["index"], "n_chosen": chosen.sum(dim=1)}
+        if "labels" in batch:
+            truth = batch["labels"] > 0.5
+            rows["exact_set"] = (chosen == truth).all(dim=1)
+        for name in self.explainers.names:
+            maps = self.explainers.explain(name, x[images], classes)
+            evidence = x.new_zeros((b, k, *x.shape[2:]))
+            evidence[images, classes] = class_evidence(maps, threshold_for(name))[:, 0]
+            for key, value in multilabel_rows(label_scores(evidence, chosen), masks, self.ignore_index).items():
+                rows[f"{name}|{key}"] = value
+        return rows
 
 
 def multilabel_summary(rows: Mapping[str, Tensor], names: Sequence[str]) -> dict[str, dict[str, float]]:
@@ -395,20 +387,19 @@ class ClassSpecificityScorer(nn.Module):
     def forward(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         from sslx.metrics import class_specificity
 
-        with torch.inference_mode(False):
-            x, objects, instance = _usable(batch["image"]), _usable(batch["object_labels"]), _usable(batch["instance"])
-            if bool((objects < 0).any()):
-                raise ValueError("class specificity needs two-object scenes (object_labels holds −1)")
-            with torch.no_grad():
-                top2 = self.explainers.model(x).topk(2, dim=1).indices
-            both = (top2[:, :, None] == objects[:, None, :]).any(dim=1).all(dim=1)
-            rows: dict[str, Tensor] = {"ids": batch["index"].clone(), "both_in_top2": both}
-            for name in self.explainers.names:
-                heat_a = self.explainers.explain(name, x, objects[:, 0])
-                heat_b = self.explainers.explain(name, x, objects[:, 1])
-                scores = class_specificity(heat_a, heat_b, instance == 1, instance == 2, threshold_for(name))
-                rows.update({f"{name}|{k}": v for k, v in scores.items()})
-            return rows
+        x, objects, instance = batch["image"], batch["object_labels"], batch["instance"]
+        if bool((objects < 0).any()):
+            raise ValueError("class specificity needs two-object scenes (object_labels holds −1)")
+        with torch.no_grad():
+            top2 = self.explainers.model(x).topk(2, dim=1).indices
+        both = (top2[:, :, None] == objects[:, None, :]).any(dim=1).all(dim=1)
+        rows: dict[str, Tensor] = {"ids": batch["index"], "both_in_top2": both}
+        for name in self.explainers.names:
+            heat_a = self.explainers.explain(name, x, objects[:, 0])
+            heat_b = self.explainers.explain(name, x, objects[:, 1])
+            scores = class_specificity(heat_a, heat_b, instance == 1, instance == 2, threshold_for(name))
+            rows.update({f"{name}|{k}": v for k, v in scores.items()})
+        return rows
 
 
 def specificity_summary(rows: Mapping[str, Tensor], names: Sequence[str], subset: Tensor | None = None

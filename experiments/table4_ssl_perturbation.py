@@ -22,7 +22,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor, nn
@@ -85,17 +84,16 @@ class SSLPerturbationScorer(nn.Module):
         self.model, self.index, self.methods, self.fractions = model, index, tuple(methods), tuple(fractions)
 
     def forward(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        with torch.inference_mode(False):
-            x = batch["image"].clone()
-            rows: dict[str, Tensor] = {"ids": batch["index"].clone()}
-            for mode in ssl_eval.MODES:
-                for method in self.methods:
-                    explanation = ssl_eval.explain(self.model, x, self.index, mode, method)
-                    rows[f"{method}|{mode}"] = ssl_eval.ssl_perturbation(self.model, self.index, x, explanation, mode,
-                                                                         self.fractions)
-                rows[f"class|{mode}"] = explanation.ssl_class
-                rows["neighbor"] = explanation.neighbor_ids[:, 0]
-            return rows
+        x = batch["image"]
+        rows: dict[str, Tensor] = {"ids": batch["index"]}
+        for mode in ssl_eval.MODES:
+            for method in self.methods:
+                explanation = ssl_eval.explain(self.model, x, self.index, mode, method)
+                rows[f"{method}|{mode}"] = ssl_eval.ssl_perturbation(self.model, self.index, x, explanation, mode,
+                                                                     self.fractions)
+            rows[f"class|{mode}"] = explanation.ssl_class
+            rows["neighbor"] = explanation.neighbor_ids[:, 0]
+        return rows
 
 
 def evaluate_model(name: str, model: nn.Module, args: Any) -> dict[str, Any]:
