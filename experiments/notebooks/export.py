@@ -20,6 +20,7 @@ from typing import Iterator, Sequence
 import nbformat
 from nbformat import NotebookNode
 
+from sslx._env import scoped_environ
 from sslx._io import atomic_write
 
 HERE = Path(__file__).resolve().parent
@@ -33,19 +34,12 @@ def this_interpreter_kernel() -> Iterator[str]:
     """A kernelspec named KERNEL that runs sys.executable with the Agg backend, visible while inside the block."""
     from ipykernel.kernelspec import write_kernel_spec
 
-    saved = {key: os.environ.get(key) for key in ("JUPYTER_PATH", "MPLBACKEND")}
     with tempfile.TemporaryDirectory(prefix="sslx-kernel-") as folder:
         write_kernel_spec(Path(folder) / "kernels" / KERNEL)
-        os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [folder, saved["JUPYTER_PATH"]]))
-        os.environ["MPLBACKEND"] = "Agg"  # inherited by the kernel: no GUI backend on a headless machine
-        try:
+        jupyter_path = os.pathsep.join(filter(None, [folder, os.environ.get("JUPYTER_PATH")]))
+        # MPLBACKEND is inherited by the kernel: no GUI backend on a headless machine
+        with scoped_environ({"JUPYTER_PATH": jupyter_path, "MPLBACKEND": "Agg"}):
             yield KERNEL
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
 
 
 def execute(path: Path = NOTEBOOK, cell_timeout_s: int = CELL_TIMEOUT_S) -> NotebookNode:

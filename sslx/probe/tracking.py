@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from sslx._env import scoped_environ
+
 import numpy as np
 from torch import Tensor
 
@@ -25,16 +27,8 @@ def wandb_environment(mode: str, out: Path) -> Iterator[None]:
     wandb_dir = out / "wandb"
     settings = {"WANDB_MODE": mode, "WANDB_DIR": str(out), "WANDB_CACHE_DIR": str(wandb_dir / ".cache"),
                 "WANDB_DATA_DIR": str(wandb_dir / ".data"), "WANDB_SILENT": "true", "WANDB_CONSOLE": "off"}
-    saved = {key: os.environ.get(key) for key in settings}
-    os.environ.update(settings)
-    try:
+    with scoped_environ(settings):
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def has_online_credentials() -> bool:
