@@ -20,11 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "ssl_models" / "assets"
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling experiment modules import by name
 
-from scene_tensors import SceneLayers, SceneTensors, load_layers, load_split, to_input  # noqa: E402
+from scene_tensors import SceneTensors, load_split, load_views, to_input  # noqa: E402
 from sslx.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
-__all__ = ["ASSETS", "ROOT", "Clock", "EpochLog", "OneCycleModule", "SceneLayers", "SceneTensors", "add_run_options", "agf_check",
-           "batched", "class_accuracy", "color_augment", "file_mb", "hungarian_accuracy", "load_layers", "load_split", "make_trainer",
+__all__ = ["ASSETS", "ROOT", "Clock", "EpochLog", "OneCycleModule", "SceneTensors", "add_run_options", "agf_check",
+           "batched", "class_accuracy", "color_augment", "file_mb", "hungarian_accuracy", "load_split", "load_views", "make_trainer",
            "predict", "random_flip", "random_shift", "setup", "tensor_loader", "to_input", "write_report"]
 
 
@@ -38,6 +38,8 @@ def add_run_options(parser: argparse.ArgumentParser, *, lr: float, weight_decay:
         parser.add_argument("--probe-train-size", type=int, default=9600, help="train scenes for the linear probe")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-minutes", type=float, default=45.0,
+                        help="safety stop: training ends after this long even if epochs remain")
     parser.add_argument("--out", default=out, help=out_help)
 
 

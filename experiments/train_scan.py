@@ -3,7 +3,9 @@
     python experiments/train_scan.py               # writes ssl_models/assets/scan.pth
 
 1. Pretext: SimCLR (NT-Xent on two augmented views) trains a small ResNet(Bottleneck) backbone
-   with an MLP contrastive head (not saved, as in SCAN's clustering files).
+   with an MLP contrastive head (not saved, as in SCAN's clustering files). A positive pair is two
+   renderings of the same objects (`scene_tensors.load_views`: geometry kept, background, position,
+   colours and texture drawn anew), each colour-jittered, mirrored and cropped; labels are never read.
 2. Mining: the `knn` nearest neighbours of every train scene in L2-normalised backbone features.
 3. SCAN: several linear cluster heads are trained on the frozen backbone (SCAN's ImageNet setting:
    heads only) with the SCAN loss, consistency with a neighbour minus `entropy_weight` × entropy of
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from train_common import (ASSETS, Clock, OneCycleModule, add_run_options, agf_check, batched, color_augment, file_mb,
-                          hungarian_accuracy, load_layers, load_split, make_trainer, predict, setup, tensor_loader, to_input,
+                          hungarian_accuracy, load_split, load_views, make_trainer, predict, setup, tensor_loader, to_input,
                           write_report)
 
 
@@ -35,24 +37,27 @@ def resnet_backbone(widths: tuple[int, ...], stem_width: int) -> nn.Module:
 
 
 def random_view(images: Tensor) -> Tensor:
-    """A SimCLR view of uint8 scenes: colour augmentation, then a random rotation, mirror and zoom-in crop."""
+    """A SimCLR view of uint8 scenes: colour augmentation, then a random mirror and zoom-in crop (no turn: scenes are upright)."""
     x = color_augment(images)
     b = x.shape[0]
-    angle = 2 * math.pi * torch.rand(b)
-    scale = 0.6 + 0.4 * torch.rand(b)                      # fraction of the image side the view covers
+    scale = 0.75 + 0.25 * torch.rand(b)                    # fraction of the image side the view covers
     mirror = torch.where(torch.rand(b) < 0.5, -1.0, 1.0)
     shift = (1 - scale).unsqueeze(1) * (2 * torch.rand(b, 2) - 1)
-    cos, sin = scale * torch.cos(angle), scale * torch.sin(angle)
-    theta = torch.stack([torch.stack([mirror * cos, -sin, shift[:, 0]], 1),
-                         torch.stack([mirror * sin, cos, shift[:, 1]], 1)], 1).to(x.dtype)
+    zero = torch.zeros(b)
+    theta = torch.stack([torch.stack([mirror * scale, zero, shift[:, 0]], 1),
+                         torch.stack([zero, scale, shift[:, 1]], 1)], 1).to(x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
-def swap_background(images: Tensor, instance: Tensor, backgrounds: Tensor) -> Tensor:
-    """uint8 scenes with their objects (instance > 0) pasted onto randomly drawn object-free backgrounds."""
-    pick = torch.randint(0, len(backgrounds), (len(images),), device=images.device)
-    return torch.where((instance > 0).unsqueeze(1), images, backgrounds[pick])
+def two_renderings(views: Tensor, same_prob: float = 0.0) -> tuple[Tensor, Tensor]:
+    """uint8 B×V×3×H×W renderings of each scene → two per scene (B×3×H×W each), the same one with `same_prob`."""
+    b, v = views.shape[:2]
+    first = torch.randint(0, v, (b,))
+    second = (first + torch.randint(1, v, (b,))) % v       # another rendering ...
+    second = torch.where(torch.rand(b) < same_prob, first, second)  # ... or, sometimes, the same one again
+    rows = torch.arange(b)
+    return views[rows, first], views[rows, second]
 
 
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
@@ -65,36 +70,51 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     return F.cross_entropy(sim, target)
 
 
-class SimCLRModule(OneCycleModule):
-    """Contrastive pretext: backbone + MLP head, NT-Xent on two views of each scene.
+def rotate_pairs(x: Tensor) -> tuple[Tensor, Tensor]:
+    """2B views (pairs i, B+i) → each pair turned by its own random k·90° (both views alike), and the labels k."""
+    b = x.shape[0] // 2
+    k = torch.randint(0, 4, (b,), device=x.device).repeat(2)
+    out = x
+    for turns in range(1, 4):
+        out = torch.where((k == turns).view(-1, 1, 1, 1), torch.rot90(x, turns, dims=(2, 3)), out)
+    return out, k
 
-    With `backgrounds` (object-free backgrounds of the train scenes; batches then carry instance maps)
-    each view shows the scene's objects on another scene's background: the background clutter of a
-    scene is unique and class-independent, so two views sharing it could be matched without the object.
+
+class SimCLRModule(OneCycleModule):
+    """Contrastive pretext: backbone + MLP head, NT-Xent on two renderings of each scene's objects.
+
+    `same_prob`: fraction of pairs that are two augmentations of one rendering (easy positives, which
+    start the learning); the rest pair two renderings. `rotation_weight` > 0 adds RotNet's pretext:
+    both views of a pair are turned by the same random k·90° and a linear head predicts k (the shapes
+    are upright, so this needs shape features; the head is not saved). The first `low_res_epochs`
+    epochs see the views 2×2-average-pooled (4× cheaper), the rest full size.
     """
 
     def __init__(self, backbone: nn.Module, dim: int, proj: int, temperature: float, lr: float,
-                 weight_decay: float, total_steps: int, backgrounds: Tensor | None = None) -> None:
+                 weight_decay: float, total_steps: int, low_res_epochs: int, same_prob: float = 0.0,
+                 rotation_weight: float = 0.0) -> None:
         super().__init__(lr, weight_decay, total_steps, optimizer="adamw")
         self.backbone = backbone
         self.contrastive_head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, proj))
-        self.temperature = temperature
-        self.backgrounds = backgrounds
-
-    def views(self, batch: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """Two independently augmented views of every scene of the batch."""
-        images = batch[0]
-        if self.backgrounds is None:
-            return random_view(images), random_view(images)
-        instance = batch[1]
-        return (random_view(swap_background(images, instance, self.backgrounds)),
-                random_view(swap_background(images, instance, self.backgrounds)))
+        self.rotation_head = nn.Linear(dim, 4)
+        self.temperature, self.low_res_epochs = temperature, low_res_epochs
+        self.same_prob, self.rotation_weight = same_prob, rotation_weight
 
     def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
-        both = self.contrastive_head(self.backbone(torch.cat(self.views(batch))))
-        z1, z2 = both.chunk(2)
+        a, b = two_renderings(batch[0], self.same_prob)
+        x = torch.cat([random_view(a), random_view(b)])
+        if self.current_epoch < self.low_res_epochs:
+            x = F.avg_pool2d(x, 2)
+        if self.rotation_weight > 0:
+            x, k = rotate_pairs(x)
+        h = self.backbone(x)
+        z1, z2 = self.contrastive_head(h).chunk(2)
         loss = nt_xent(z1, z2, self.temperature)
         self.log("simclr_loss", loss, on_step=False, on_epoch=True)
+        if self.rotation_weight > 0:
+            rotation = F.cross_entropy(self.rotation_head(h), k)
+            self.log("rotation_loss", rotation, on_step=False, on_epoch=True)
+            loss = loss + self.rotation_weight * rotation
         return loss
 
 
@@ -157,8 +177,10 @@ def main() -> None:
     """Pretext, mining, SCAN heads, save in the SCAN layout, reload through ssl_models.load, AGF, probe."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pretext-epochs", type=int, default=8)
-    p.add_argument("--background-swap", action=argparse.BooleanOptionalAction, default=False,
-                   help="SimCLR views put the scene's objects on other scenes' backgrounds")
+    p.add_argument("--low-res-epochs", type=int, default=6, help="leading pretext epochs at half resolution")
+    p.add_argument("--views", type=int, default=3, help="extra renderings of each train scene (positives)")
+    p.add_argument("--same-prob", type=float, default=0.5, help="fraction of pairs made from one rendering")
+    p.add_argument("--rotation-weight", type=float, default=1.0, help="weight of the auxiliary rotation loss")
     p.add_argument("--train-size", type=int, default=4800)
     p.add_argument("--batch-size", type=int, default=64, help="scenes per SimCLR batch (2 views each)")
     p.add_argument("--widths", type=int, nargs=4, default=(16, 32, 64, 128))
@@ -182,16 +204,12 @@ def main() -> None:
     test = load_split("test", 1200, "single", seed=args.seed)
     backbone = resnet_backbone(tuple(args.widths), args.stem_width)
     dim = 4 * args.widths[-1]
-    if args.background_swap:
-        layers = load_layers("train", args.train_size, "single", seed=args.seed)
-        loader = tensor_loader(train.images, layers.instance, batch_size=args.batch_size, seed=args.seed)
-        backgrounds = layers.background
-    else:
-        loader, backgrounds = tensor_loader(train.images, batch_size=args.batch_size, seed=args.seed), None
+    views = torch.cat([train.images.unsqueeze(1), load_views("train", args.train_size, args.views, seed=args.seed)], 1)
+    loader = tensor_loader(views, batch_size=args.batch_size, seed=args.seed)
     module = SimCLRModule(backbone, dim, args.proj, args.temperature, args.lr, args.weight_decay,
-                          args.pretext_epochs * len(loader), backgrounds)
+                          args.pretext_epochs * len(loader), args.low_res_epochs, args.same_prob, args.rotation_weight)
     clock = Clock()
-    make_trainer(args.pretext_epochs).fit(module, loader)
+    make_trainer(args.pretext_epochs, args.max_minutes).fit(module, loader)
     pretext_s, pretext_cpu_s = clock.seconds()
 
     backbone.eval()
@@ -221,7 +239,8 @@ def main() -> None:
             raise RuntimeError("the reloaded SCAN model does not reproduce the trained network")
 
     test_pred = predict(model, test.images).argmax(1)
-    report = {"background_swap": args.background_swap, "train_seconds": total_s, "train_cpu_seconds": total_cpu_s, "pretext_seconds": pretext_s,
+    report = {"views": args.views, "low_res_epochs": args.low_res_epochs, "same_prob": args.same_prob,
+              "rotation_weight": args.rotation_weight, "train_seconds": total_s, "train_cpu_seconds": total_cpu_s, "pretext_seconds": pretext_s,
               "pretext_cpu_seconds": pretext_cpu_s, "pretext_epochs": args.pretext_epochs,
               "train_size": args.train_size, "knn_purity": purity, "heads": args.heads, "best_head": best,
               "val_scan_losses": [round(v, 4) for v in val_losses],

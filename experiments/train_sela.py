@@ -5,7 +5,9 @@
 BN AlexNet (`features.N`, `classifier.N`) with several linear heads `top_layer0..h-1`. Pseudo-labels
 are re-estimated a few times per epoch: every train scene's head probabilities P (no augmentation)
 are turned into an equipartitioned labelling by Sinkhorn-Knopp on P^λ (Asano et al. 2020); the
-network is then trained with cross-entropy on those labels (one loss per head) under augmentation.
+network is then trained with cross-entropy on those labels (one loss per head) under augmentation:
+each step shows a scene as one of its renderings (`scene_tensors.load_views`: the same objects with
+background, position, colours and texture drawn anew), colour-jittered, mirrored and shifted.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from torch import Tensor, nn
 
 from ssl_models.alexnet import CONV_GEOMETRY, pool5_side
 from train_common import (ASSETS, Clock, OneCycleModule, SceneTensors, add_run_options, agf_check, color_augment,
-                          file_mb, hungarian_accuracy, load_split, make_trainer, predict, random_flip, random_shift,
+                          file_mb, hungarian_accuracy, load_split, load_views, make_trainer, predict, random_flip, random_shift,
                           setup, tensor_loader, to_input, write_report)
 
 
@@ -63,10 +65,10 @@ def sinkhorn_labels(logits: Tensor, lamb: float = 25.0, iters: int = 200, tol: f
 class SelaModule(OneCycleModule):
     """Cross-entropy on Sinkhorn pseudo-labels, re-estimated `updates_per_epoch` times per epoch."""
 
-    def __init__(self, net: SelaAlexNet, images: Tensor, lr: float, weight_decay: float, total_steps: int,
-                 steps_per_epoch: int, updates_per_epoch: int, shift: int, lamb: float) -> None:
+    def __init__(self, net: SelaAlexNet, images: Tensor, views: Tensor, lr: float, weight_decay: float,
+                 total_steps: int, steps_per_epoch: int, updates_per_epoch: int, shift: int, lamb: float) -> None:
         super().__init__(lr, weight_decay, total_steps, optimizer="adamw")
-        self.net, self.images, self.shift, self.lamb = net, images, shift, lamb
+        self.net, self.images, self.views, self.shift, self.lamb = net, images, views, shift, lamb
         self.update_at = {round(i * steps_per_epoch / updates_per_epoch) for i in range(updates_per_epoch)}
         self.pseudo = torch.zeros(net.num_heads, len(images), dtype=torch.long)
 
@@ -87,9 +89,9 @@ class SelaModule(OneCycleModule):
             print(f"  labels updated at step {self.global_step}: clusters used per head {used}", flush=True)
 
     def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
-        images, index = batch
-        x = random_shift(random_flip(color_augment(images)), self.shift)
-        x = torch.rot90(x, int(torch.randint(0, 4, ())), dims=(2, 3))
+        (index,) = batch
+        pick = torch.randint(0, self.views.shape[1], (len(index),))
+        x = random_shift(random_flip(color_augment(self.views[index, pick])), self.shift)
         outputs = self.net(x)
         loss = sum(F.cross_entropy(out, self.pseudo[h, index]) for h, out in enumerate(outputs)) / len(outputs)
         self.log("loss", loss, on_step=False, on_epoch=True)
@@ -105,7 +107,8 @@ def main() -> None:
     p.add_argument("--widths", type=int, nargs=5, default=(32, 64, 96, 64, 64))
     p.add_argument("--fc", type=int, default=512)
     p.add_argument("--heads", type=int, default=2)
-    p.add_argument("--clusters", type=int, default=24)
+    p.add_argument("--clusters", type=int, default=12)
+    p.add_argument("--views", type=int, default=3, help="extra renderings of each train scene")
     p.add_argument("--updates-per-epoch", type=int, default=2)
     p.add_argument("--lamb", type=float, default=25.0)
     p.add_argument("--shift", type=int, default=8)
@@ -119,11 +122,12 @@ def main() -> None:
     test = load_split("test", 1200, "single", seed=args.seed)
     net = SelaAlexNet(tuple(args.widths), args.fc, args.heads, args.clusters)
     index = torch.arange(len(train))
-    loader = tensor_loader(train.images, index, batch_size=args.batch_size, seed=args.seed)
-    module = SelaModule(net, train.images, args.lr, args.weight_decay, args.epochs * len(loader), len(loader),
+    views = torch.cat([train.images.unsqueeze(1), load_views("train", args.train_size, args.views, seed=args.seed)], 1)
+    loader = tensor_loader(index, batch_size=args.batch_size, seed=args.seed)
+    module = SelaModule(net, train.images, views, args.lr, args.weight_decay, args.epochs * len(loader), len(loader),
                         args.updates_per_epoch, args.shift, args.lamb)
     clock = Clock()
-    make_trainer(args.epochs).fit(module, loader)
+    make_trainer(args.epochs, args.max_minutes).fit(module, loader)
     train_s, train_cpu_s = clock.seconds()
 
     state = {k: v.detach().clone() for k, v in net.state_dict().items()}

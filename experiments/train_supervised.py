@@ -21,17 +21,8 @@ DEFAULT_EPOCHS = {"vgg": 10, "resnet": 10}
 DEFAULT_LOW_RES_EPOCHS = {"vgg": 8, "resnet": 6}
 
 
-def random_rot90(x: Tensor) -> Tensor:
-    """Rotate each image by its own random multiple of 90° (the scene classes are rotation invariant)."""
-    k = torch.randint(0, 4, (x.shape[0],), device=x.device).view(-1, 1, 1, 1)
-    out = x
-    for turns in range(1, 4):
-        out = torch.where(k == turns, torch.rot90(x, turns, dims=(2, 3)), out)
-    return out
-
-
 class SupervisedModule(OneCycleModule):
-    """Cross-entropy training of a classifier on uint8 scenes with flip / 90° rotation / shift augmentation.
+    """Cross-entropy training of a classifier on uint8 scenes with mirror / shift augmentation (no turns: the scenes are upright).
 
     Progressive resizing: the first `low_res_epochs` epochs see the scenes 2×2-average-pooled to half
     resolution (4× cheaper; the networks are fully convolutional up to an adaptive pool), the rest full size.
@@ -45,7 +36,7 @@ class SupervisedModule(OneCycleModule):
 
     def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
         images, labels = batch
-        x = random_shift(random_rot90(random_flip(to_input(images))), self.shift)
+        x = random_shift(random_flip(to_input(images)), self.shift)
         if self.current_epoch < self.low_res_epochs:
             x = F.avg_pool2d(x, 2)
         logits = self.net(x)
@@ -89,7 +80,7 @@ def main() -> None:
     module = SupervisedModule(net, args.lr, args.weight_decay, epochs * len(loader), args.shift, args.label_smoothing,
                               low_res_epochs)
     clock = Clock()
-    make_trainer(epochs).fit(module, loader)
+    make_trainer(epochs, args.max_minutes).fit(module, loader)
     train_s, train_cpu_s = clock.seconds()
 
     net.eval()

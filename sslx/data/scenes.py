@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from sslx.data.transforms import IMAGENET_MEAN, IMAGENET_STD, check_mean_std, denormalize, normalize
 
 # Bump when the generator changes what a (seed, split, index) renders; it is part of the cache key.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 DEFAULT_SIZES: dict[str, int] = {"train": 12000, "val": 1200, "test": 1200}
@@ -34,6 +34,8 @@ _LUMA = np.array([0.299, 0.587, 0.114])
 _COLOR_LO, _COLOR_HI = 0.03, 0.97
 _CONTRAST_MARGIN = 0.12  # luminance gap between any object pixel and the background band
 _SENSOR_NOISE = 0.02
+MAX_TILT = math.radians(10.0)  # objects stand upright, tilted uniformly within ±MAX_TILT
+MAX_ASPECT = 1.15              # per-object stretch: width × a, height ÷ a, a in [1/MAX_ASPECT, MAX_ASPECT]
 ShapeFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
@@ -74,19 +76,31 @@ def _heart(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return q * q * q - x * x * y * y * y <= 0
 
 
+_DROP_TIP = _polygon([(0.0, -0.92), (0.5, 0.12), (-0.5, 0.12)])
+
+
+def _drop(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return (u * u + (v - 0.3) ** 2 <= 0.55 ** 2) | _DROP_TIP(u, v)
+
+
+# Object-local coordinates: u to the right, v downwards. Every shape is upright (a canonical pose,
+# tilted by at most MAX_TILT in a scene) and none maps onto itself under a 90°, 180° or 270° turn,
+# so the rotation of a scene is identifiable (the RotNet pretext) and "up" means something.
 SHAPES: dict[str, ShapeFn] = {
-    "circle": lambda u, v: u * u + v * v <= 0.85 ** 2,
-    "square": lambda u, v: np.maximum(np.abs(u), np.abs(v)) <= 0.62,
-    "triangle": _polygon(_regular(3, 0.95, -math.pi / 2)),
+    "drop": _drop,
+    "house": _polygon([(-0.6, 0.7), (0.6, 0.7), (0.6, -0.1), (0.0, -0.8), (-0.6, -0.1)]),
+    "triangle": _polygon([(0.0, -0.9), (0.55, 0.7), (-0.55, 0.7)]),
     "star": _polygon(_star(5, 0.95, 0.4)),
-    "cross": lambda u, v: ((np.abs(u) <= 0.25) & (np.abs(v) <= 0.85)) | ((np.abs(v) <= 0.25) & (np.abs(u) <= 0.85)),
-    "ring": lambda u, v: ((u * u + v * v) <= 0.88 ** 2) & ((u * u + v * v) >= 0.5 ** 2),
+    "latin_cross": lambda u, v: (((np.abs(u) <= 0.2) & (v >= -0.85) & (v <= 0.9))
+                                 | ((np.abs(v + 0.35) <= 0.2) & (np.abs(u) <= 0.65))),
+    "horseshoe": lambda u, v: (((u * u + v * v) <= 0.88 ** 2) & ((u * u + v * v) >= 0.5 ** 2)
+                               & ~((np.abs(u) < 0.3) & (v > 0))),
     "crescent": lambda u, v: (u * u + v * v <= 0.85 ** 2) & ((u - 0.42) ** 2 + v * v > 0.68 ** 2),
     "heart": _heart,
-    "hexagon": _polygon(_regular(6, 0.88, 0.0)),
+    "trapezoid": _polygon([(-0.8, 0.5), (0.8, 0.5), (0.35, -0.55), (-0.35, -0.55)]),
     "arrow": _polygon([(-0.9, -0.2), (0.15, -0.2), (0.15, -0.55), (0.9, 0.0),
                        (0.15, 0.55), (0.15, 0.2), (-0.9, 0.2)]),
-    "ellipse": lambda u, v: (u / 0.92) ** 2 + (v / 0.5) ** 2 <= 1.0,
+    "dome": lambda u, v: (u * u + (v - 0.35) ** 2 <= 0.85 ** 2) & (v <= 0.35),
     "l_shape": _polygon([(-0.65, -0.7), (-0.2, -0.7), (-0.2, 0.25), (0.65, 0.25), (0.65, 0.7), (-0.65, 0.7)]),
 }
 SCENE_CLASSES: tuple[str, ...] = tuple(SHAPES)
@@ -101,13 +115,14 @@ class ObjectSpec:
 
     class_id: int
     center: tuple[float, float]   # (x, y) in [0, 1]
-    radius: float                 # radius of the shape's enclosing disc
-    angle: float                  # rotation in radians
+    radius: float                 # radius of the shape's enclosing disc (before the stretch)
+    angle: float                  # tilt in radians (clockwise on screen), |angle| <= MAX_TILT
     texture: str
     colors: tuple[tuple[float, float, float], tuple[float, float, float]]
     texture_period: float         # in units of the object radius
     texture_angle: float
     texture_phase: tuple[float, float]
+    aspect: float = 1.0           # width × aspect, height ÷ aspect (area-preserving)
 
 
 @dataclass(frozen=True, eq=False)
@@ -195,12 +210,19 @@ def _sample_bars(rng: np.random.Generator, n: int, min_half_width: float, max_ha
 
 def _sample_object(rng: np.random.Generator, class_id: int, center: tuple[float, float], radius: float,
                    lum_range: tuple[float, float]) -> ObjectSpec:
+    angle = float(rng.uniform(-MAX_TILT, MAX_TILT))
+    aspect = float(math.exp(rng.uniform(-math.log(MAX_ASPECT), math.log(MAX_ASPECT))))
+    return _with_appearance(rng, class_id, center, radius, angle, aspect, lum_range)
+
+
+def _with_appearance(rng: np.random.Generator, class_id: int, center: tuple[float, float], radius: float,
+                     angle: float, aspect: float, lum_range: tuple[float, float]) -> ObjectSpec:
     texture = TEXTURES[int(rng.integers(len(TEXTURES)))]
     return ObjectSpec(
-        class_id=class_id, center=center, radius=radius, angle=float(rng.uniform(0, 2 * math.pi)),
+        class_id=class_id, center=center, radius=radius, angle=angle,
         texture=texture, colors=(_sample_color(rng, *lum_range), _sample_color(rng, *lum_range)),
         texture_period=float(rng.uniform(0.25, 0.6)), texture_angle=float(rng.uniform(0, math.pi)),
-        texture_phase=(float(rng.random()), float(rng.random())),
+        texture_phase=(float(rng.random()), float(rng.random())), aspect=aspect,
     )
 
 
@@ -229,6 +251,18 @@ def pair_class(index: int, num_classes: int) -> int:
     return (first + 1 + (index // num_classes) % (num_classes - 1)) % num_classes
 
 
+def _single_center(rng: np.random.Generator, r: float) -> tuple[float, float]:
+    return (float(rng.uniform(0.85 * r, 1 - 0.85 * r)), float(rng.uniform(0.85 * r, 1 - 0.85 * r)))
+
+
+def _finish_scene(rng: np.random.Generator, bg: BackgroundSpec, objects: tuple[ObjectSpec, ...]) -> SceneSpec:
+    order = (0,) if len(objects) == 1 else ((0, 1) if rng.random() < 0.5 else (1, 0))
+    n_occluders = int(rng.integers(1, 3)) if rng.random() < 0.3 else 0
+    return SceneSpec(background=bg, objects=objects, draw_order=order,
+                     occluders=_sample_bars(rng, n_occluders, 0.006, 0.015),
+                     noise_seed=int(rng.integers(2 ** 63)))
+
+
 def sample_scene(rng: np.random.Generator, class_ids: Sequence[int]) -> SceneSpec:
     """Draw one scene holding objects of `class_ids` (one class, or two different classes)."""
     if len(class_ids) not in (1, 2) or len(set(class_ids)) != len(class_ids):
@@ -236,20 +270,34 @@ def sample_scene(rng: np.random.Generator, class_ids: Sequence[int]) -> SceneSpe
     bg = _sample_background(rng)
     lum_range = _object_luminance_range(rng, bg)
     if len(class_ids) == 1:
-        r = float(rng.uniform(0.22, 0.4))
-        c = (float(rng.uniform(0.85 * r, 1 - 0.85 * r)), float(rng.uniform(0.85 * r, 1 - 0.85 * r)))
-        objects: tuple[ObjectSpec, ...] = (_sample_object(rng, class_ids[0], c, r, lum_range),)
-        order: tuple[int, ...] = (0,)
+        r = float(rng.uniform(0.26, 0.42))
+        objects: tuple[ObjectSpec, ...] = (_sample_object(rng, class_ids[0], _single_center(rng, r), r, lum_range),)
     else:
-        r1, r2 = (float(x) for x in rng.uniform(0.15, 0.26, 2))
+        r1, r2 = (float(x) for x in rng.uniform(0.17, 0.27, 2))
         c1, c2 = _pair_layout(rng, r1, r2)
         objects = (_sample_object(rng, class_ids[0], c1, r1, lum_range),
                    _sample_object(rng, class_ids[1], c2, r2, lum_range))
-        order = (0, 1) if rng.random() < 0.5 else (1, 0)
-    n_occluders = int(rng.integers(1, 3)) if rng.random() < 0.3 else 0
-    return SceneSpec(background=bg, objects=objects, draw_order=order,
-                     occluders=_sample_bars(rng, n_occluders, 0.006, 0.015),
-                     noise_seed=int(rng.integers(2 ** 63)))
+    return _finish_scene(rng, bg, objects)
+
+
+def redraw_scene(spec: SceneSpec, rng: np.random.Generator) -> SceneSpec:
+    """Another view of the same objects: their geometry (class, size, tilt, stretch) kept, and
+    everything else — background clutter, position, colours, texture, occluders, noise — drawn anew.
+
+    The self-supervised models use such views as positive pairs (docs/benchmark.md): two views share
+    nothing but the objects' shapes, so no background or colour shortcut can match them.
+    """
+    if not isinstance(spec, SceneSpec):
+        raise TypeError(f"spec must be a SceneSpec (see sample_scene), got {type(spec).__name__}")
+    bg = _sample_background(rng)
+    lum_range = _object_luminance_range(rng, bg)
+    if len(spec.objects) == 1:
+        centers = [_single_center(rng, spec.objects[0].radius)]
+    else:
+        centers = list(_pair_layout(rng, spec.objects[0].radius, spec.objects[1].radius))
+    objects = tuple(_with_appearance(rng, o.class_id, c, o.radius, o.angle, o.aspect, lum_range)
+                    for o, c in zip(spec.objects, centers))
+    return _finish_scene(rng, bg, objects)
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,7 +366,8 @@ def _texture(obj: ObjectSpec, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def _paint_object(image: np.ndarray, instance: np.ndarray, obj: ObjectSpec, instance_id: int, resolution: int) -> None:
-    cx, cy, r = obj.center[0] * resolution, obj.center[1] * resolution, obj.radius * resolution
+    stretch = max(obj.aspect, 1.0 / obj.aspect)
+    cx, cy, r = obj.center[0] * resolution, obj.center[1] * resolution, obj.radius * stretch * resolution
     x0, x1 = max(0, math.floor(cx - r)), min(resolution, math.ceil(cx + r) + 1)
     y0, y1 = max(0, math.floor(cy - r)), min(resolution, math.ceil(cy + r) + 1)
     if x0 >= x1 or y0 >= y1:
@@ -326,7 +375,8 @@ def _paint_object(image: np.ndarray, instance: np.ndarray, obj: ObjectSpec, inst
     dx = ((np.arange(x0, x1, dtype=np.float32) + 0.5) / resolution - obj.center[0])[None, :]
     dy = ((np.arange(y0, y1, dtype=np.float32) + 0.5) / resolution - obj.center[1])[:, None]
     c, s = math.cos(obj.angle), math.sin(obj.angle)
-    u, v = (c * dx + s * dy) / obj.radius, (-s * dx + c * dy) / obj.radius
+    u = (c * dx + s * dy) / (obj.radius * obj.aspect)
+    v = (-s * dx + c * dy) * obj.aspect / obj.radius
     inside = SHAPES[SCENE_CLASSES[obj.class_id]](u, v)
     col0, col1 = (np.asarray(col, dtype=np.float32)[:, None] for col in obj.colors)
     t = _texture(obj, u[inside], v[inside])
