@@ -92,13 +92,13 @@ class SimCLRModule(OneCycleModule):
 
     def __init__(self, backbone: nn.Module, dim: int, proj: int, temperature: float, lr: float,
                  weight_decay: float, total_steps: int, low_res_epochs: int, same_prob: float = 0.0,
-                 rotation_weight: float = 0.0) -> None:
+                 rotation_weight: float = 0.0, contrastive_weight: float = 1.0) -> None:
         super().__init__(lr, weight_decay, total_steps, optimizer="adamw")
         self.backbone = backbone
         self.contrastive_head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, proj))
         self.rotation_head = nn.Linear(dim, 4)
         self.temperature, self.low_res_epochs = temperature, low_res_epochs
-        self.same_prob, self.rotation_weight = same_prob, rotation_weight
+        self.same_prob, self.rotation_weight, self.contrastive_weight = same_prob, rotation_weight, contrastive_weight
 
     def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
         a, b = two_renderings(batch[0], self.same_prob)
@@ -109,8 +109,9 @@ class SimCLRModule(OneCycleModule):
             x, k = rotate_pairs(x)
         h = self.backbone(x)
         z1, z2 = self.contrastive_head(h).chunk(2)
-        loss = nt_xent(z1, z2, self.temperature)
-        self.log("simclr_loss", loss, on_step=False, on_epoch=True)
+        contrastive = nt_xent(z1, z2, self.temperature)
+        self.log("simclr_loss", contrastive, on_step=False, on_epoch=True)
+        loss = self.contrastive_weight * contrastive
         if self.rotation_weight > 0:
             rotation = F.cross_entropy(self.rotation_head(h), k)
             self.log("rotation_loss", rotation, on_step=False, on_epoch=True)
@@ -180,7 +181,8 @@ def main() -> None:
     p.add_argument("--low-res-epochs", type=int, default=6, help="leading pretext epochs at half resolution")
     p.add_argument("--views", type=int, default=3, help="extra renderings of each train scene (positives)")
     p.add_argument("--same-prob", type=float, default=0.5, help="fraction of pairs made from one rendering")
-    p.add_argument("--rotation-weight", type=float, default=1.0, help="weight of the auxiliary rotation loss")
+    p.add_argument("--rotation-weight", type=float, default=0.0, help="weight of the auxiliary rotation loss")
+    p.add_argument("--contrastive-weight", type=float, default=1.0, help="weight of the NT-Xent loss (0: rotation only)")
     p.add_argument("--train-size", type=int, default=4800)
     p.add_argument("--batch-size", type=int, default=64, help="scenes per SimCLR batch (2 views each)")
     p.add_argument("--widths", type=int, nargs=4, default=(16, 32, 64, 128))
@@ -207,7 +209,8 @@ def main() -> None:
     views = torch.cat([train.images.unsqueeze(1), load_views("train", args.train_size, args.views, seed=args.seed)], 1)
     loader = tensor_loader(views, batch_size=args.batch_size, seed=args.seed)
     module = SimCLRModule(backbone, dim, args.proj, args.temperature, args.lr, args.weight_decay,
-                          args.pretext_epochs * len(loader), args.low_res_epochs, args.same_prob, args.rotation_weight)
+                          args.pretext_epochs * len(loader), args.low_res_epochs, args.same_prob, args.rotation_weight,
+                          args.contrastive_weight)
     clock = Clock()
     make_trainer(args.pretext_epochs, args.max_minutes).fit(module, loader)
     pretext_s, pretext_cpu_s = clock.seconds()
@@ -240,13 +243,14 @@ def main() -> None:
 
     test_pred = predict(model, test.images).argmax(1)
     report = {"views": args.views, "low_res_epochs": args.low_res_epochs, "same_prob": args.same_prob,
-              "rotation_weight": args.rotation_weight, "train_seconds": total_s, "train_cpu_seconds": total_cpu_s, "pretext_seconds": pretext_s,
+              "rotation_weight": args.rotation_weight, "contrastive_weight": args.contrastive_weight, "train_seconds": total_s, "train_cpu_seconds": total_cpu_s, "pretext_seconds": pretext_s,
               "pretext_cpu_seconds": pretext_cpu_s, "pretext_epochs": args.pretext_epochs,
               "train_size": args.train_size, "knn_purity": purity, "heads": args.heads, "best_head": best,
               "val_scan_losses": [round(v, 4) for v in val_losses],
               "test_hungarian_acc": hungarian_accuracy(test_pred, test.labels, args.clusters),
               "params": sum(p.numel() for p in model.parameters()), "checkpoint_mb": file_mb(args.out)}
-    report.update(probe_model(model, args.probe_train_size, seed=args.seed))
+    if args.probe_train_size > 0:  # 0 skips it (linear_probe_eval.py measures it later)
+        report.update(probe_model(model, args.probe_train_size, seed=args.seed))
     write_report("scan", report)
     agf_check(model, test.images[:2])  # after the report: a failure here must not lose the numbers
 

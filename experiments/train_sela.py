@@ -46,7 +46,14 @@ class SelaAlexNet(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """Logits of every head."""
-        z = self.classifier(self.features(x).flatten(1))
+        return self.heads(self.embed(x))
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Penultimate features (the heads' input)."""
+        return self.classifier(self.features(x).flatten(1))
+
+    def heads(self, z: Tensor) -> list[Tensor]:
+        """Logits of every head from penultimate features."""
         return [getattr(self, f"top_layer{h}")(z) for h in range(self.num_heads)]
 
 
@@ -66,9 +73,12 @@ class SelaModule(OneCycleModule):
     """Cross-entropy on Sinkhorn pseudo-labels, re-estimated `updates_per_epoch` times per epoch."""
 
     def __init__(self, net: SelaAlexNet, images: Tensor, views: Tensor, lr: float, weight_decay: float,
-                 total_steps: int, steps_per_epoch: int, updates_per_epoch: int, shift: int, lamb: float) -> None:
+                 total_steps: int, steps_per_epoch: int, updates_per_epoch: int, shift: int, lamb: float,
+                 rotation_weight: float = 0.0) -> None:
         super().__init__(lr, weight_decay, total_steps, optimizer="adamw")
         self.net, self.images, self.views, self.shift, self.lamb = net, images, views, shift, lamb
+        self.rotation_weight = rotation_weight
+        self.rotation_head = nn.Linear(net.classifier[-2].out_features, 4)  # not saved: the pretext's own head
         self.update_at = {round(i * steps_per_epoch / updates_per_epoch) for i in range(updates_per_epoch)}
         self.pseudo = torch.zeros(net.num_heads, len(images), dtype=torch.long)
 
@@ -92,9 +102,20 @@ class SelaModule(OneCycleModule):
         (index,) = batch
         pick = torch.randint(0, self.views.shape[1], (len(index),))
         x = random_shift(random_flip(color_augment(self.views[index, pick])), self.shift)
-        outputs = self.net(x)
+        if self.rotation_weight > 0:  # RotNet's pretext beside the self-labels: each scene turned by its own k·90°
+            k = torch.randint(0, 4, (len(x),), device=x.device)
+            turned = x
+            for turns in range(1, 4):
+                turned = torch.where((k == turns).view(-1, 1, 1, 1), torch.rot90(x, turns, dims=(2, 3)), turned)
+            x = turned
+        z = self.net.embed(x)
+        outputs = self.net.heads(z)
         loss = sum(F.cross_entropy(out, self.pseudo[h, index]) for h, out in enumerate(outputs)) / len(outputs)
         self.log("loss", loss, on_step=False, on_epoch=True)
+        if self.rotation_weight > 0:
+            rotation = F.cross_entropy(self.rotation_head(z), k)
+            self.log("rotation_loss", rotation, on_step=False, on_epoch=True)
+            loss = loss + self.rotation_weight * rotation
         return loss
 
 
@@ -109,6 +130,7 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=2)
     p.add_argument("--clusters", type=int, default=12)
     p.add_argument("--views", type=int, default=3, help="extra renderings of each train scene")
+    p.add_argument("--rotation-weight", type=float, default=0.0, help="weight of the auxiliary rotation loss")
     p.add_argument("--updates-per-epoch", type=int, default=2)
     p.add_argument("--lamb", type=float, default=25.0)
     p.add_argument("--shift", type=int, default=8)
@@ -125,7 +147,7 @@ def main() -> None:
     views = torch.cat([train.images.unsqueeze(1), load_views("train", args.train_size, args.views, seed=args.seed)], 1)
     loader = tensor_loader(index, batch_size=args.batch_size, seed=args.seed)
     module = SelaModule(net, train.images, views, args.lr, args.weight_decay, args.epochs * len(loader), len(loader),
-                        args.updates_per_epoch, args.shift, args.lamb)
+                        args.updates_per_epoch, args.shift, args.lamb, args.rotation_weight)
     clock = Clock()
     make_trainer(args.epochs, args.max_minutes).fit(module, loader)
     train_s, train_cpu_s = clock.seconds()
@@ -141,10 +163,11 @@ def main() -> None:
                 raise RuntimeError(f"the reloaded SeLa model does not reproduce head {h} of the trained network")
     model.select_head(0)
     report = {"train_seconds": train_s, "train_cpu_seconds": train_cpu_s, "epochs": args.epochs, "train_size": args.train_size,
-              "heads": args.heads, "clusters": args.clusters,
+              "heads": args.heads, "clusters": args.clusters, "rotation_weight": args.rotation_weight,
               "params": sum(p.numel() for p in model.parameters()), "checkpoint_mb": file_mb(args.out)}
     report.update(cluster_scores(model, test, args.heads))
-    report.update(probe_model(model, args.probe_train_size, seed=args.seed))
+    if args.probe_train_size > 0:  # 0 skips it (linear_probe_eval.py measures it later)
+        report.update(probe_model(model, args.probe_train_size, seed=args.seed))
     write_report("sela", report)
     agf_check(model, test.images[:2])  # after the report: a failure here must not lose the numbers
 
