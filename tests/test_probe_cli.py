@@ -210,3 +210,22 @@ def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
     for option in ("--layer", "--model", "--data", "--epochs", "--batch-size", "--max-images", "--eval-images",
                    "--methods", "--out", "--wandb", "--devices", "--strategy", "--seed", "--resume"):
         assert option in text
+
+
+def test_image_folder_run_records_disjoint_validation_and_test_images(checkpoint: Path, tmp_path: Path) -> None:
+    from test_probe import write_folder
+
+    root = write_folder(tmp_path / "data", per_class=20, size=70)  # 4 + 4 held-out images
+    out = tmp_path / "out"
+    results = main(["--layer", "1", "--model", str(checkpoint), "--data", str(root), "--out", str(out),
+                    "--methods", "gradcam", "--overlays", "0", "--wandb", "disabled", *TINY,
+                    "--val-images", "4", "--eval-images", "4"])  # the later options win
+    saved = json.loads((out / "metrics.json").read_text())
+    splits = saved["splits"]
+    assert saved["data"] == f"image folder {root.resolve()}" and splits == results["splits"]
+    assert {name: splits[name]["count"] for name in ("train", "val", "test")} == {"train": 24, "val": 4, "test": 4}
+    val, test = set(splits["val"]["paths"]), set(splits["test"]["paths"])
+    assert len(val) == 4 and len(test) == 4 and not val & test
+    assert not (val | test) & set(splits["train"]["paths"])
+    assert all((root / path).is_file() for path in val | test)
+    assert saved["layers"]["conv1"]["n_eval_images"] == 4  # the evaluation ran on exactly the recorded test images
