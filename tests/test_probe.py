@@ -224,15 +224,21 @@ def test_nest_results_rebuilds_the_nested_scores() -> None:
     for variant, base in (("predicted", 10.0), ("target", 20.0)):
         logged.update({f"agf/perturbation_{variant}/auc": base, f"agf/perturbation_{variant}/n_images": 8.0,
                        f"agf/perturbation_{variant}/accuracy@0.1": base + 1,
-                       f"agf/perturbation_{variant}/accuracy@0.5": base + 2})
+                       f"agf/perturbation_{variant}/accuracy@0.5": base + 2,
+                       f"agf/perturbation_{variant}/auc_ci95_low": base - 3,
+                       f"agf/perturbation_{variant}/auc_ci95_high": base + 3})
     logged.update({f"agf/segmentation/{k}": 50.123456 for k in
                    ("pixel_accuracy", "mAP", "mIoU", "iou_background", "iou_foreground")})
+    logged.update({f"agf/segmentation/{k}_ci95_{end}": 40.0 if end == "low" else 60.0
+                   for k in ("pixel_accuracy", "mAP", "mIoU") for end in ("low", "high")})
     logged["agf/segmentation/n_ap_images"] = 8.0
     nested = nest_results(logged, ["agf"], fractions, with_masks=True)
     assert nested["probe_accuracy"] == 75.0 and nested["n_images"] == 8
     agf = nested["methods"]["agf"]
     assert agf["mAP"] == 50.1235 and agf["n_ap_images"] == 8
-    assert agf["perturbation_target"] == {"auc": 20.0, "fractions": [0.1, 0.5], "accuracy": [21.0, 22.0]}
+    assert agf["perturbation_target"] == {"auc": 20.0, "fractions": [0.1, 0.5], "accuracy": [21.0, 22.0],
+                                          "ci95": {"auc": [17.0, 23.0]}}
+    assert agf["ci95"] == {"pixel_accuracy": [40.0, 60.0], "mAP": [40.0, 60.0], "mIoU": [40.0, 60.0]}
     with pytest.raises(KeyError, match="did not report 'gradcam/perturbation_predicted/auc'"):
         nest_results(logged, ["gradcam"], fractions, with_masks=False)
 
@@ -359,3 +365,31 @@ def test_scenes_splits_are_described(tmp_path: Path) -> None:
     data = scenes_datasets(32, (0.5,) * 3, (0.25,) * 3, 4, 3, 2, seed=5)
     assert {k: v["count"] for k, v in data.splits.items()} == {"train": 4, "val": 3, "test": 2}
     assert "'val' split (seed 5)" in data.splits["val"]["images"]
+
+
+def test_image_scores_intervals_match_sslx_metrics_in_index_order() -> None:
+    from sslx.metrics import mean_interval, mean_ratio_interval, ratio_interval, segmentation_counts
+    from sslx.probe.evaluate import ImageScores
+
+    gen = torch.Generator().manual_seed(4)
+    maps = torch.randn(6, 1, 5, 5, generator=gen)
+    masks = (torch.rand(6, 5, 5, generator=gen) > 0.5).long()
+    flags = {v: torch.rand(6, 3, generator=gen) > 0.4 for v in ("predicted", "target")}
+    ids = torch.tensor([5, 0, 3, 1, 4, 2])
+    scores = ImageScores((0.1, 0.5, 0.9), with_masks=True)
+    for part in (slice(3, 6), slice(0, 3)):  # batches out of order, as ranks of a DDP run deliver them
+        scores.update(ids[part], {v: f[part] for v, f in flags.items()}, segmentation_counts(maps[part], masks[part]))
+    out = scores.compute()
+    order = torch.argsort(ids)
+    counts = segmentation_counts(maps[order], masks[order])
+    grid = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    auc = torch.trapezoid(flags["target"][order].double() * 100, grid, dim=1)
+    assert out["perturbation_target"] == pytest.approx(mean_interval(auc))
+    lo, hi = ratio_interval(counts["correct"], counts["total"])
+    assert out["pixel_accuracy"] == pytest.approx((100 * lo, 100 * hi))
+    lo, hi = mean_ratio_interval(counts["intersections"], counts["unions"])
+    assert out["mIoU"] == pytest.approx((100 * lo, 100 * hi))
+    lo, hi = mean_interval(counts["ap"])
+    assert out["mAP"] == pytest.approx((100 * lo, 100 * hi))
+    with pytest.raises(ValueError, match="needs the batch's segmentation counts"):
+        scores.update(ids[:1], {v: f[:1] for v, f in flags.items()})

@@ -48,7 +48,8 @@ def test_metrics_json_has_the_expected_keys_and_finite_values(base: tuple[Path, 
     assert results == json.loads(json.dumps(returned))
     assert list(results["layers"]) == ["conv1", "conv2", "conv3", "conv4", "conv5"]
     assert results["config"]["methods"] == ["agf", "gradcam"] and results["config"]["epochs"] == 1
-    assert {"segmentation", "perturbation", "probe_accuracy", "heatmaps", "probe"} <= set(results["conventions"])
+    assert {"segmentation", "perturbation", "probe_accuracy", "heatmaps", "probe", "ci95"} <= set(results["conventions"])
+    assert {k: v["count"] for k, v in results["splits"].items()} == {"train": 24, "val": 8, "test": 8}
     # 64 px: maps 15, 7, 3, 3, 3; conv3 is 16×3×3 and sqrt(9216/16) = 24 is capped at the map's side
     assert [e["probe"]["feature_shape"][1] for e in results["layers"].values()] == [15, 7, 3, 3, 3]
     assert results["layers"]["conv3"]["probe"]["pool"] == 3 and results["layers"]["conv3"]["probe"]["num_features"] == 144
@@ -65,12 +66,16 @@ def test_metrics_json_has_the_expected_keys_and_finite_values(base: tuple[Path, 
             assert scores["n_ap_images"] == 8  # every scene has an object
             for key in ("pixel_accuracy", "mAP", "mIoU"):
                 assert 0.0 < scores[key] <= 100.0
+                low, high = scores["ci95"][key]  # a 95 % bootstrap interval over the 8 held-out images
+                assert low - 1e-3 <= scores[key] <= high + 1e-3
+            assert scores["mAP"] >= 50.0  # the authors' two-channel AP of a binarised map
             for variant in ("perturbation_predicted", "perturbation_target"):
                 curve = scores[variant]
                 assert curve["fractions"] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
                 # accuracies over 8 images are multiples of 12.5 %
                 assert len(curve["accuracy"]) == 9 and all(a / 12.5 == round(a / 12.5) for a in curve["accuracy"])
                 assert 0.0 <= curve["auc"] <= 80.0
+                assert curve["ci95"]["auc"][0] - 1e-3 <= curve["auc"] <= curve["ci95"]["auc"][1] + 1e-3
         assert all(math.isfinite(x) for x in _numbers(entry))
         assert (out / layer / "probe.pt").stat().st_size > 0
         assert (out / layer / "checkpoints" / "last.ckpt").is_file()
