@@ -267,7 +267,7 @@ def curves_figure(summary: Mapping[str, Any], variants: Sequence[str], labels: M
 def segmentation_rows(maps: Tensor, masks: Tensor, threshold: float | str, protocol: str = "authors",
                       ignore_index: int | None = 255) -> dict[str, Tensor]:
     """Per-image counts of a binary foreground test: correct, total, inter/union (bg, fg) and AP of `protocol` (NaN: none)."""
-    counts = segmentation_counts(maps, masks, threshold, protocol, ignore_index)
+    counts = segmentation_counts(maps, masks, threshold, ignore_index, protocol)
     inter, union = counts["intersections"], counts["unions"]
     return {"correct": counts["correct"], "total": counts["total"], "inter_bg": inter[:, 0], "union_bg": union[:, 0],
             "inter_fg": inter[:, 1], "union_fg": union[:, 1], "ap": counts["ap"]}

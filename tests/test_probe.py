@@ -337,6 +337,8 @@ def test_held_out_sizes_never_overlap() -> None:
     assert held_out_sizes(3, 1, 100) == (1, 2)
     with pytest.raises(ValueError, match="held-out part has 1 image"):
         held_out_sizes(1, 1, 1)
+    with pytest.raises(ValueError, match="val_images must be a positive int"):
+        held_out_sizes(10, 0, 1)
 
 
 def test_folder_validation_and_test_images_are_disjoint_and_recorded(tmp_path: Path) -> None:

@@ -143,8 +143,8 @@ def average_precision(scores: Tensor, labels: Tensor, valid: Tensor | None = Non
 
 
 def segmentation_counts(
-    heatmaps: Tensor, masks: Tensor, threshold: Threshold = "auto", protocol: str = "authors",
-    ignore_index: int | None = 255,
+    heatmaps: Tensor, masks: Tensor, threshold: Threshold = "auto", ignore_index: int | None = 255,
+    protocol: str = "authors",
 ) -> dict[str, Tensor]:
     """Return per-image counts: correct, total (B), intersections, unions (B×2: background, foreground), ap (B, NaN = none)."""
     check_image_batch(heatmaps, "heatmaps", channels=1)
@@ -183,7 +183,7 @@ def segmentation_statistics(
     protocol: str = "authors",
 ) -> dict[str, Tensor]:
     """Return the batch's summable counts (correct, total, intersections, unions, ap_sum, ap_count, n_excluded)."""
-    counts = segmentation_counts(heatmaps, masks, threshold, protocol, ignore_index)
+    counts = segmentation_counts(heatmaps, masks, threshold, ignore_index, protocol)
     ap = counts["ap"]
     has_ap = ~torch.isnan(ap)
     return {

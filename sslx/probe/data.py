@@ -74,6 +74,10 @@ def held_out_sizes(available: int, val_images: int, eval_images: int) -> tuple[i
     Both requests are met when there are enough images; otherwise the held-out images are shared in
     proportion to the requests, each split keeping at least one image.
     """
+    _positive(val_images, "val_images")
+    _positive(eval_images, "eval_images")
+    if isinstance(available, bool) or not isinstance(available, int) or available < 0:
+        raise ValueError(f"available must be a non-negative int, got {available!r}")
     if available < 2:
         raise ValueError(f"the held-out part has {available} image(s); disjoint validation and test splits need at "
                          "least 2 (add images or raise the held-out fraction)")
