@@ -53,13 +53,13 @@ def example_figure(model: Any, methods: Sequence[str], seed: int) -> Any:
 def markdown(all_scenes: dict[str, Any], both: dict[str, Any], methods: Sequence[str], args: Any, n: int,
              n_both: int) -> str:
     """Per method: IoU with own vs other object, their difference, and the paper's claim."""
-    header = ["method", "paper's claim", "IoU own", "IoU other", "own − other (± s.e.)",
+    header = ["method", "paper's claim", "IoU own", "IoU other", "own − other",
               f"own − other, both objects in top-2 (n = {n_both})"]
     rows = []
     for m in methods:
         a, b = all_scenes[m], both[m]
-        rows.append([se.LABELS[m], PAPER_CLAIM.get(m, "–"), a["iou_own"], a["iou_other"],
-                     f"{a['difference']:.1f} ± {a['difference_se']:.1f}", b["difference"]])
+        rows.append([se.LABELS[m], PAPER_CLAIM.get(m, "–"), harness.with_ci(a, "iou_own"),
+                     harness.with_ci(a, "iou_other"), harness.with_ci(a, "difference"), harness.with_ci(b, "difference")])
     return (
         "# Class specificity on two-object scenes (IoU in %, higher own − other = more class-specific)\n\n"
         + harness.markdown_table(header, rows)
@@ -69,9 +69,10 @@ def markdown(all_scenes: dict[str, Any], both: dict[str, Any], methods: Sequence
           "signed maps and its above-mean part for non-negative maps (Grad-CAM, LRP, FullGrad, IG, SmoothGrad); "
           "IoU with each object's visible-pixel mask (`sslx.metrics.class_specificity`). IoU own = mean over the "
           "two maps of IoU(map for A, A) and IoU(map for B, B); IoU other = IoU(map for A, B) and IoU(map for B, A). "
-          "± s.e. = std of per-scene differences / √n. The last column keeps only scenes whose top-2 predicted classes "
+          "The last column keeps only scenes whose top-2 predicted classes "
           "are the two objects' classes (the classifier sees both). The paper states its claim qualitatively "
-          "(Fig. 2c); no numbers exist to compare with. Example: `class_specificity_example.png`.\n"
+          "(Fig. 2c); no numbers exist to compare with. Example: `class_specificity_example.png`.\n\n"
+        + harness.CI_NOTE + " `difference_se` in the JSON = std of per-scene differences / √n.\n"
     )
 
 
@@ -96,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "methods": summary, "methods_both_in_top2": summary_both, "paper_claim": PAPER_CLAIM,
             "conventions": {"region": "positive part (> 0) of signed maps, above-mean part of non-negative maps",
                             "iou": "IoU (%) with each object's visible-pixel instance mask",
-                            "difference_se": "std of per-scene (own − other) / sqrt(n)"}}
+                            "difference_se": "std of per-scene (own − other) / sqrt(n)",
+                            "ci95": harness.CI_NOTE}}
     figures = {} if args.no_figure else {"example": example_figure(model, methods, args.seed)}
     harness.write_results("class_specificity", markdown(summary, summary_both, methods, args, n, n_both), data, args,
                           figures=figures)

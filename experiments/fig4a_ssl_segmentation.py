@@ -10,9 +10,10 @@ resized to --image-size with the model's normalisation; S is --reference DIR (Im
 default, the --n-reference entries of the same file right after the queries. The embedded models are
 allowed on real images (with a warning: they were trained on 128-px scenes); use --ssl-model.
 
-Each method explains, through Algorithm 2 with Δ, the SSL head's class arg-max head(L_I − L_N) on
-single-object test scenes; the maps are scored against the object masks (pixel accuracy, mAP, mIoU).
-Writes experiments/results/fig4a.{md,json} and fig4a_scatter.png.
+Each method explains, through Algorithm 2 with Δ, the SSL class t = arg-max head(L_I − L_N) on the unmodified
+SSL network M, on single-object test scenes; the maps are scored against the object masks (pixel accuracy,
+mAP — by default the AGF authors' binarised two-channel protocol, --map-protocol — and mIoU), each with a 95 %
+bootstrap interval over images. Writes experiments/results/fig4a.{md,json} and fig4a_scatter.png.
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ TOO_SLOW = ("integrated_gradients", "smoothgrad")
 MARKERS = {"agf": "*", "rap": "o", "lrp": "s", "gradcam": "^", "fullgrad": "v", "clrp": "D", "sglrp": "P",
            "integrated_gradients": "X", "smoothgrad": "h", "lrp_ab": "<", "gradient_shap": ">"}
 MODE = "delta"
+METRICS = ("pixel_accuracy", "mAP", "mIoU")
 
 
 def parse_args(argv: Sequence[str] | None) -> Any:
@@ -52,6 +54,7 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     ssl_eval.add_real_data_options(p)
     p.add_argument("--imagenet-seg", type=Path, default=None, metavar="FILE",
                    help="ImageNet-Segmentation gtsegs_ijcv.mat: images and masks instead of the test scenes")
+    se.add_map_protocol_option(p)
     return p.parse_args(argv)
 
 
@@ -71,16 +74,19 @@ def data_description(args: Any, n_images: int | None = None) -> tuple[str, str]:
 class SSLSegmentationScorer(nn.Module):
     """Per image: the Δ SSL class, its neighbour and, per method, the segmentation counts of the map vs mask > 0."""
 
-    def __init__(self, model: nn.Module, index: FeatureIndex, methods: Sequence[str]) -> None:
+    def __init__(self, model: nn.Module, index: FeatureIndex, methods: Sequence[str], protocol: str = "authors",
+                 explain_model: str = "unmodified") -> None:
         super().__init__()
         self.model, self.index, self.methods = model, index, tuple(methods)
+        self.protocol, self.explain_model = protocol, explain_model
 
     def forward(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         x, masks = batch["image"], batch["mask"]
         rows: dict[str, Tensor] = {"ids": batch["index"]}
         for method in self.methods:
-            explanation = ssl_eval.explain(self.model, x, self.index, MODE, method)
-            for key, value in se.segmentation_rows(explanation.heatmaps, masks, se.threshold_for(method)).items():
+            explanation = ssl_eval.explain(self.model, x, self.index, MODE, method, self.explain_model)
+            maps, threshold = explanation.heatmaps, se.threshold_for(method)
+            for key, value in se.segmentation_rows(maps, masks, threshold, self.protocol).items():
                 rows[f"{method}|{key}"] = value
         rows["class"], rows["neighbor"] = explanation.ssl_class, explanation.neighbor_ids[:, 0]
         rows["foreground"] = (masks > 0).flatten(1).double().mean(dim=1)
@@ -90,7 +96,8 @@ class SSLSegmentationScorer(nn.Module):
 def evaluate_model(model: nn.Module, args: Any) -> dict[str, Any]:
     """Index S, explain the test scenes with every method, score the maps against the masks."""
     index, data = index_and_queries(model, args)
-    rows = harness.run_predict(SSLSegmentationScorer(model, index, args.methods), data, args)
+    scorer = SSLSegmentationScorer(model, index, args.methods, args.map_protocol, args.explain_model)
+    rows = harness.run_predict(scorer, data, args)
     classes = rows["class"]
     return {"scores": se.segmentation_summary(rows, args.methods), "image_ids": rows["ids"].tolist(),
             "ssl_class": classes.tolist(), "neighbor_ids": rows["neighbor"].tolist(),
@@ -122,8 +129,8 @@ def scatter_figure(results: Mapping[str, Any], methods: Sequence[str]) -> Figure
 
 def markdown(results: Mapping[str, Any], args: Any) -> str:
     """Scores per model and method, the class explained, conventions."""
-    rows = [[ssl_eval.display(n), se.LABELS.get(m, m), r["scores"][m]["pixel_accuracy"], r["scores"][m]["mAP"],
-             r["scores"][m]["mIoU"], "0" if se.threshold_for(m) == 0.0 else "mean"]
+    rows = [[ssl_eval.display(n), se.LABELS.get(m, m), *[harness.with_ci(r["scores"][m], k) for k in METRICS],
+             "0" if se.threshold_for(m) == 0.0 else "mean"]
             for n, r in results.items() for m in args.methods]
     classes = [[ssl_eval.display(n), r["head_classes"], r["distinct_classes"], r["foreground_fraction"]]
                for n, r in results.items()]
@@ -144,21 +151,26 @@ def markdown(results: Mapping[str, Any], args: Any) -> str:
              else f"come from the --ssl-model checkpoints {', '.join(args.ssl_model)}.\n\n")
         + "## What is explained\n\n"
         "The SSL models have no head for the scene classes (nor for ImageNet's), so — unlike the paper's wording "
-        "\"the ImageNet ground truth class\" — every map here explains the **SSL head's own class chosen by "
-        "Algorithm 2 with Δ**: t = arg-max head(L_I − L_N) (a SeLa/SCAN cluster, or a RotNet rotation). The "
-        "ground truth enters only through the masks: a good explanation of whatever the network decided should "
+        "\"the ImageNet ground truth class\" — every map here explains the **SSL class chosen by Algorithm 2 with "
+        "Δ**: t = arg-max head(L_I − L_N) (a SeLa/SCAN cluster, or a RotNet rotation), "
+        + ("on the unmodified SSL network M (Algorithm 2, line 7). " if args.explain_model == "unmodified" else
+           "on the combined model head(backbone(·) − L_N) (`--explain-model combined`, not the paper's). ")
+        + "The ground truth enters only through the masks: a good explanation of whatever the network decided should "
         "still lie on the object. The scene classes are never used.\n\n"
         + harness.markdown_table(["model", "head classes", "distinct classes chosen", "object pixels (%)"], classes)
-        + "\n*object pixels* = mean fraction of the image covered by the object: the mAP a random map would get "
-          "in expectation, and 100 − it is the pixel accuracy of an all-background prediction.\n\n"
+        + "\n*object pixels* = mean fraction f of the image covered by the object: 100 − f is the pixel accuracy of "
+          "an all-background prediction (whose authors'-protocol AP is a² + (1 − a)/2 with a = 1 − f), and f the "
+          "per_image_raw mAP a random map would get in expectation.\n\n"
         "## Conventions\n\n"
-        + (ssl_eval.real_conventions(queries, reference) if real else ssl_eval.reference_conventions(args.n_reference))
+        + (ssl_eval.real_conventions(queries, reference, args.explain_model) if real
+           else ssl_eval.reference_conventions(args.n_reference, args.explain_model))
         + "- Foreground = mask > 0 (the single object). A pixel is predicted foreground when the map is above "
           "the threshold: 0 for the signed methods (AGF, RAP, CLRP, SGLRP, LRP-αβ, Gradient SHAP), the per-image "
           "mean for non-negative maps (LRP, Grad-CAM, FullGrad, IG, SmoothGrad) — supervised_eval.threshold_for, "
           "as in Table 3.\n"
           "- Pixel accuracy and mIoU (mean of background and foreground IoU) are dataset-level (counts summed over "
-          "all images); mAP is the mean over images of the average precision of the raw map against the mask.\n"
+          "all images). " + se.MAP_PROTOCOLS[args.map_protocol] + "\n"
+          f"- {harness.CI_NOTE}\n"
           "- Maps: `sslx.explain` defaults; Grad-CAM reads the output of the backbone's last convolutional stage "
           "(conv5 for the AlexNets, layer4 for SCAN's ResNet).\n"
         + (f"- Left out by default: {', '.join(left_out)} (each costs tens of forward/backward passes per image, "
@@ -187,7 +199,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                          "factory": ssl_eval.FACTORY, "k": ssl_eval.K, "mode": MODE, "methods": list(args.methods),
                          "objects": "single", "queries": queries,
                          "reference": reference, "ssl_models": list(args.ssl_model),
-                         "thresholds": {m: se.threshold_for(m) for m in args.methods}},
+                         "thresholds": {m: se.threshold_for(m) for m in args.methods},
+                         "map_protocol": args.map_protocol, "explain_model": args.explain_model},
+            "conventions": {"map": se.MAP_PROTOCOLS[args.map_protocol], "ci95": harness.CI_NOTE},
             "time": clock.read()}
     harness.write_results(NAME, markdown(results, args), data, args,
                           {"scatter": scatter_figure(results, args.methods)})

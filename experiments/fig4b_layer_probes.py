@@ -104,8 +104,9 @@ def markdown(results: Mapping[str, Any], args: Any) -> str:
         for method in args.methods:
             m = entry["methods"][method]
             rows.append([name, probe["num_features"], probe["train_accuracy"], probe["test_accuracy"],
-                         se.LABELS.get(method, method), m["pixel_accuracy"], m["mAP"], m["mIoU"],
-                         m["perturbation_target"]["auc"], m["perturbation_predicted"]["auc"]])
+                         se.LABELS.get(method, method), *[harness.with_ci(m, k) for k in ("pixel_accuracy", "mAP", "mIoU")],
+                         harness.with_ci(m["perturbation_target"], "auc"),
+                         harness.with_ci(m["perturbation_predicted"], "auc")])
     first = next(iter(layers.values()))
     conv = results["conventions"]
     return (
@@ -126,7 +127,8 @@ def markdown(results: Mapping[str, Any], args: Any) -> str:
         "probe's classes are the 12 scene classes), as the paper explains the ImageNet ground-truth class.\n"
         f"- Perturbation: {conv['perturbation']}.\n"
         "- Data: single-object scenes; train = the first N train scenes, validation/held-out = the first scenes of "
-        "the val/test splits (`sslx.probe.data.scenes_datasets`).\n"
+        "the val/test splits (`sslx.probe.data.scenes_datasets`; disjoint by construction).\n"
+        f"- {harness.CI_NOTE} Probe accuracies have no interval.\n"
     )
 
 
@@ -140,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     harness.setup(args)
     results = run_probes(args)
     data = {"layers": results["layers"], "conventions": results["conventions"], "data": results["data"],
+            "splits": results.get("splits", {}),
             "settings": {"model": args.model, "train_images": args.train_images, "val_images": args.val_images,
                          "eval_images": args.n_images, "epochs": args.epochs, "methods": list(args.methods),
                          "layers": list(args.layers)},

@@ -32,7 +32,13 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from sslx._io import atomic_write  # noqa: E402
 
-__all__ = ["RESULTS", "ROOT", "experiment_parser", "markdown_table", "run_predict", "setup", "write_results"]
+__all__ = ["CI_NOTE", "RESULTS", "ROOT", "experiment_parser", "markdown_table", "run_predict", "setup", "with_ci",
+           "write_results"]
+
+CI_NOTE = ("Every score prints as `value [lo, hi]`: [lo, hi] is its 95 % percentile bootstrap interval over the "
+           "evaluated images (1000 resamples of the images with replacement, seed 0; `sslx.metrics.bootstrap`; "
+           "dataset-level ratios such as pixel accuracy and mIoU are recomputed from the resampled images' counts). "
+           "The JSON file holds each interval as `ci95` and the number of images behind it as `n`.")
 
 
 def experiment_parser(description: str | None) -> argparse.ArgumentParser:
@@ -120,6 +126,17 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], digits:
     lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def with_ci(entry: Mapping[str, Any], metric: str, digits: int = 1) -> str | None:
+    """`value [lo, hi]` for entry[metric] and entry["ci95"][metric]; None (printed '–') when the value is missing/NaN."""
+    value = entry.get(metric)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    low, high = entry.get("ci95", {}).get(metric, (math.nan, math.nan))
+    if math.isnan(low) or math.isnan(high):
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def _scalars(data: Any, prefix: str = "") -> dict[str, float]:

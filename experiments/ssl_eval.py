@@ -279,21 +279,34 @@ def warn_if_embedded_on_real_data(model_names: Sequence[str], ssl_models_given: 
                       stacklevel=2)
 
 
-def real_conventions(queries: str, reference: str) -> str:
+def real_conventions(queries: str, reference: str, explain_model: str = "unmodified") -> str:
     """Markdown bullet points describing the Algorithm-2 setting on real data."""
     return (f"- **Algorithm 2**: queries = {queries}; reference set S = {reference}; features = the penultimate "
             f"layer (the SSL head's input); FAISS `{FACTORY}` index, metric {METRIC} (squared Euclidean), k = {K}. "
             "S never contains a query (separate folder, or the dataset's images after the queries); neighbour ids "
             "are indices into S's dataset.\n"
-            "- **Δ** explains arg-max head(L_I − L_N), **Σ** arg-max head(L_I + L_N), **w/o** arg-max head(L_I), "
-            "with L_I the image's and L_N the neighbour's features (`sslx.ssl.explain`).\n")
+            + explained_bullet(explain_model))
+
+
+def explained_bullet(explain_model: str = "unmodified") -> str:
+    """The Δ/Σ/w-o bullet of every SSL results file (Algorithm 2 lines 4-7 as sslx.ssl.explain implements them)."""
+    chosen = ("- **Δ / Σ / w/o** choose the SSL class t = arg-max head(L_I − L_N), arg-max head(L_I + L_N), arg-max "
+              "head(L_I), with L_I the image's and L_N the neighbour's features; ")
+    if explain_model == "unmodified":
+        return chosen + ("the map explains t on the **unmodified SSL network** M = head ∘ backbone applied to the image "
+                         "(Algorithm 2, line 7: \"Apply Alg. 1, with the input tuple M, I, t\"; `sslx.ssl.explain`, "
+                         "`--explain-model unmodified`).\n")
+    return chosen + ("the map explains t on the **combined model** head(backbone(·) ∓ L_N) with the clean image's L_N "
+                     "held fixed (`--explain-model combined`; not the paper's Algorithm 2, which explains M itself).\n")
 
 
 # ---- explanations ------------------------------------------------------------------------------
-def explain(model: nn.Module, x: Tensor, index: FeatureIndex, mode: str, method: str) -> ssl.SSLExplanation:
-    """Algorithm 2 on a batch: `method` explains the SSL head's arg-max on the Δ/Σ/w-o combined features."""
+def explain(model: nn.Module, x: Tensor, index: FeatureIndex, mode: str, method: str,
+            explain_model: str = "unmodified") -> ssl.SSLExplanation:
+    """Algorithm 2 on a batch: t from the Δ/Σ/w-o combined features, `method`'s map of t on M (or the combined model)."""
     with torch.enable_grad():  # Trainer.predict runs under no_grad
-        out = ssl.explain(model, x, index, mode=mode, method=method, k=K, **method_options(model, method))
+        out = ssl.explain(model, x, index, mode=mode, method=method, k=K, explain_model=explain_model,
+                          **method_options(model, method))
     return ssl.SSLExplanation(out.heatmaps.detach().to(x.dtype), out.ssl_class, out.neighbor_ids, out.logits.detach())
 
 
@@ -305,18 +318,27 @@ def combined_classifier(model: nn.Module, index: FeatureIndex, neighbor_ids: Ten
     `perturbation_correct` stacks the perturbed copies of a batch.
     """
     neighbor = index.features_of(neighbor_ids.cpu()).to(dtype=like.dtype, device=like.device).mean(dim=1)
-    offset = {"delta": -neighbor, "sum": neighbor, "none": torch.zeros_like(neighbor)}[mode]
-    return ssl.CombinedFeaturesModel(model.backbone, model.head, offset.repeat(repeats, 1)).eval()
+    return ssl.CombinedFeaturesModel(model.backbone, model.head, ssl.mode_offset(neighbor, mode).repeat(repeats, 1)).eval()
+
+
+SCORINGS = ("unmodified", "fixed_neighbour")
 
 
 def ssl_perturbation(model: nn.Module, index: FeatureIndex, x: Tensor, explanation: ssl.SSLExplanation, mode: str,
-                     fractions: Sequence[float]) -> Tensor:
-    """Bool B×F: after removing the least relevant pixels, does head(L_I' ± L_N) still pick the explained class?"""
+                     fractions: Sequence[float], scoring: str = "unmodified") -> Tensor:
+    """Bool B×F: after removing the least relevant pixels, is the explained class t still chosen?
+
+    scoring "unmodified" (the paper's): does M = head ∘ backbone still predict t on the perturbed image?
+    "fixed_neighbour" (a variant): does head(L_I' ∓ L_N) with the clean image's neighbour L_N still pick t?
+    """
+    if scoring not in SCORINGS:
+        raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
     mean, std = normalisation(model)
     pixels = denormalize(x, mean, std).clamp(0.0, 1.0)
-    classifier = combined_classifier(model, index, explanation.neighbor_ids, mode, x, repeats=len(fractions))
-    # One forward pass of all B·F perturbed copies (item i = image i % B): the offsets line up with the
-    # items, and one large batch is several times faster on a busy CPU than F small ones.
+    classifier = model if scoring == "unmodified" else combined_classifier(model, index, explanation.neighbor_ids,
+                                                                           mode, x, repeats=len(fractions))
+    # One forward pass of all B·F perturbed copies (item i = image i % B): the fixed offsets line up with
+    # the items, and one large batch is several times faster on a busy CPU than F small ones.
     return perturbation_correct(classifier, pixels, explanation.heatmaps, explanation.ssl_class, "negative",
                                 fractions, functools.partial(normalize, mean=mean, std=std),
                                 batch_size=x.shape[0] * len(fractions))
@@ -342,12 +364,15 @@ def fraction_list(text: str) -> tuple[float, ...]:
 
 
 def experiment_parser(description: str | None) -> argparse.ArgumentParser:
-    """The harness's common options (batch size 32 by default) plus --n-reference (size of S)."""
+    """The harness's common options (batch size 32 by default) plus --n-reference (size of S) and --explain-model."""
     parser = harness.experiment_parser(description)
     parser.set_defaults(batch_size=32)  # larger batches run several times faster per image on a busy CPU
     parser.add_argument("--n-reference", type=int, default=DEFAULT_REFERENCE,
                         help=f"size of the reference set S: the first N single-object train scenes, or N real images (see "
                         f"--reference) (default {DEFAULT_REFERENCE})")
+    parser.add_argument("--explain-model", choices=ssl.EXPLAIN_MODELS, default="unmodified",
+                        help="network the maps explain t on: 'unmodified' (default, the paper's Algorithm 2 line 7: "
+                        "the SSL network M itself) or 'combined' (head(backbone(·) ∓ L_N) with the neighbour fixed)")
     return parser
 
 
@@ -358,14 +383,13 @@ def check_reference(n_reference: int) -> int:
     return n_reference
 
 
-def reference_conventions(n_reference: int) -> str:
+def reference_conventions(n_reference: int, explain_model: str = "unmodified") -> str:
     """Markdown bullet points describing the Algorithm-2 setting."""
     return (f"- **Algorithm 2**: reference set S = the first {n_reference} single-object *train* scenes; features = "
             f"the penultimate layer (the SSL head's input); FAISS `{FACTORY}` index, metric {METRIC} (squared "
             f"Euclidean), k = {K}. The queries are *test* scenes, which are never in S, so a query cannot be its own "
             "neighbour (the exclusion of the query from its neighbours never has to act).\n"
-            "- **Δ** explains arg-max head(L_I − L_N), **Σ** arg-max head(L_I + L_N), **w/o** arg-max head(L_I), "
-            "with L_I the image's and L_N the neighbour's features (`sslx.ssl.explain`).\n")
+            + explained_bullet(explain_model))
 
 
 class Stopwatch:

@@ -24,8 +24,8 @@ import harness  # noqa: E402,F401  (puts the checkout on sys.path)
 from sslx.data.scenes import ScenesDataset, collate_scenes
 from sslx.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, normalize
 from sslx.explain_api import METHODS
-from sslx.metrics import DEFAULT_FRACTIONS, average_precision, perturbation_auc, perturbation_correct
-from sslx.metrics.segmentation import foreground_prediction
+from sslx.metrics import (DEFAULT_FRACTIONS, average_precision, mean_interval, mean_ratio_interval, perturbation_auc,
+                          perturbation_correct, ratio_interval, segmentation_counts)
 
 # The paper's method order (Tables 2 and 3) and display names.
 TABLE2_METHODS = ("integrated_gradients", "smoothgrad", "lrp", "lrp_ab", "fullgrad", "gradcam", "rap", "clrp",
@@ -43,12 +43,24 @@ SIGNED_METHODS = frozenset({"gradient_shap", "lrp_ab", "rap", "clrp", "sglrp", "
 # Only internal batch sizes (same maps, fewer passes): captum's default of 16 points per pass is slow on CPU.
 SPEED_OPTIONS: dict[str, dict[str, int]] = {"integrated_gradients": {"internal_batch_size": 256},
                                             "smoothgrad": {"batch_size": 128}}
+MAP_PROTOCOLS = {
+    "authors": "mAP (protocol `authors`, the default) = the AGF authors' ImageNet-Segmentation evaluation "
+               "(`imagenet_seg_eval.py` / `get_ap_scores` of shirgur/AGFVisualization): the map is binarised by the "
+               "foreground rule, the two channels [background = 1 − prediction, foreground = prediction] are "
+               "flattened and scored against the one-hot truth with sklearn's average precision, per image; mAP = "
+               "mean over images. With binary scores an image's AP is a² + (1 − a)/2 for its pixel accuracy a, so "
+               "values lie in [50, 100] and follow the pixel accuracy.",
+    "per_image_raw": "mAP (protocol `per_image_raw`) = mean over images of the average precision (sklearn's "
+                     "step-wise definition) of the raw map values against the foreground; images without "
+                     "foreground have no AP and are left out.",
+}
 MULTILABEL_ASSET = "multilabel_vgg.pth"
 UNCHOSEN_PENALTY = 0.1  # subtracted from the channels of classes not predicted (sigmoid ≤ 0.5), as the authors' VOC code
 Factory = Callable[[nn.Module], Any]
 
-__all__ = ["LABELS", "SIGNED_METHODS", "TABLE2_METHODS", "TABLE3_METHODS", "ClassSpecificityScorer", "Explainers",
-           "MultiLabelSegmentationScorer", "PerturbationScorer", "SegmentationScorer", "add_methods_option",
+__all__ = ["LABELS", "MAP_PROTOCOLS", "SIGNED_METHODS", "TABLE2_METHODS", "TABLE3_METHODS", "ClassSpecificityScorer", "Explainers",
+           "MultiLabelSegmentationScorer", "PerturbationScorer", "SegmentationScorer", "add_map_protocol_option",
+           "add_methods_option",
            "add_model_option", "class_evidence", "curves_figure", "label_scores", "load_model", "make_loader",
            "method_factories", "multilabel_summary", "perturbation_summary", "scene_dataset", "segmentation_rows",
            "segmentation_summary", "specificity_summary", "threshold_for"]
@@ -67,6 +79,14 @@ def add_methods_option(parser: argparse.ArgumentParser, default: Sequence[str]) 
     """Add --methods (comma-separated subset of explanation methods)."""
     parser.add_argument("--methods", default=",".join(default),
                         help=f"comma-separated explanation methods (default: {','.join(default)})")
+
+
+def add_map_protocol_option(parser: argparse.ArgumentParser, part: str = "") -> None:
+    """Add --map-protocol: how a map's average precision is computed (sslx.metrics.segmentation.PROTOCOLS)."""
+    parser.add_argument("--map-protocol", choices=tuple(MAP_PROTOCOLS), default="authors",
+                        help=f"mAP protocol{' of ' + part if part else ''}: 'authors' (default; binarised map, AP over "
+                             "background and foreground channels, as the AGF authors' imagenet_seg_eval.py) or "
+                             "'per_image_raw' (AP of the raw map values against the foreground)")
 
 
 def parse_methods(text: str, allowed: Sequence[str]) -> list[str]:
@@ -203,7 +223,11 @@ class PerturbationScorer(nn.Module):
 
 def perturbation_summary(rows: Mapping[str, Tensor], names: Sequence[str], variants: Sequence[str],
                          fractions: Sequence[float] = DEFAULT_FRACTIONS) -> dict[str, Any]:
-    """{name: {variant: {accuracy (% per fraction), auc, auc_se, n_images}}}; auc_se = std of per-image AUCs / √n."""
+    """{name: {variant: {accuracy (% per fraction), auc, auc_se, n_images, ci95: {auc: [lo, hi]}, n: {auc: n}}}}.
+
+    auc_se = std of per-image AUCs / √n; ci95 = percentile bootstrap over images of the mean per-image AUC
+    (which equals the AUC of the mean curve).
+    """
     out: dict[str, Any] = {}
     grid = torch.tensor(fractions, dtype=torch.float64)
     for name in names:
@@ -215,7 +239,8 @@ def perturbation_summary(rows: Mapping[str, Tensor], names: Sequence[str], varia
             n = correct.shape[0]
             se = float(per_image.std(unbiased=True) / math.sqrt(n)) if n > 1 else math.nan
             out[name][variant] = {"fractions": list(fractions), "accuracy": curve.tolist(),
-                                  "auc": float(perturbation_auc(fractions, curve)), "auc_se": se, "n_images": n}
+                                  "auc": float(perturbation_auc(fractions, curve)), "auc_se": se, "n_images": n,
+                                  "ci95": {"auc": list(mean_interval(per_image))}, "n": {"auc": n}}
     return out
 
 
@@ -239,43 +264,49 @@ def curves_figure(summary: Mapping[str, Any], variants: Sequence[str], labels: M
 
 
 # --------------------------------------------------------------------------------------- segmentation
-def segmentation_rows(maps: Tensor, masks: Tensor, threshold: float | str, ignore_index: int | None = 255
-                      ) -> dict[str, Tensor]:
-    """Per-image counts of a binary foreground test: correct, total, inter/union (bg, fg) and AP (NaN: no fg)."""
-    valid = torch.ones_like(masks, dtype=torch.bool) if ignore_index is None else masks != ignore_index
-    truth = (masks > 0) & valid
-    pred = foreground_prediction(maps, threshold)
-    b = maps.shape[0]
-
-    def count(t: Tensor) -> Tensor:
-        return t.flatten(1).sum(dim=1)
-
-    return {
-        "correct": count((pred == truth) & valid), "total": count(valid),
-        "inter_bg": count(~pred & ~truth & valid), "union_bg": count((~pred | ~truth) & valid),
-        "inter_fg": count(pred & truth), "union_fg": count((pred | truth) & valid),
-        "ap": average_precision(maps.reshape(b, -1), truth.reshape(b, -1), valid.reshape(b, -1)),
-    }
+def segmentation_rows(maps: Tensor, masks: Tensor, threshold: float | str, protocol: str = "authors",
+                      ignore_index: int | None = 255) -> dict[str, Tensor]:
+    """Per-image counts of a binary foreground test: correct, total, inter/union (bg, fg) and AP of `protocol` (NaN: none)."""
+    counts = segmentation_counts(maps, masks, threshold, ignore_index, protocol)
+    inter, union = counts["intersections"], counts["unions"]
+    return {"correct": counts["correct"], "total": counts["total"], "inter_bg": inter[:, 0], "union_bg": union[:, 0],
+            "inter_fg": inter[:, 1], "union_fg": union[:, 1], "ap": counts["ap"]}
 
 
-def _binary_scores(rows: Mapping[str, Tensor], prefix: str) -> dict[str, float]:
-    """Pixel accuracy, mIoU (dataset level), mAP (mean over images with foreground), all in %."""
+def _with_intervals(scores: dict[str, Any], intervals: Mapping[str, tuple[float, float]],
+                    counts: Mapping[str, int]) -> dict[str, Any]:
+    """`scores` plus ci95 {metric: [lo, hi]} (percentages) and n {metric: images}."""
+    return {**scores, "ci95": {k: [100 * lo, 100 * hi] for k, (lo, hi) in intervals.items()}, "n": dict(counts)}
+
+
+def _binary_scores(rows: Mapping[str, Tensor], prefix: str) -> dict[str, Any]:
+    """Pixel accuracy, mIoU (dataset level), mAP (mean over images with an AP), all in %, with bootstrap intervals."""
+    def column(key: str) -> Tensor:
+        return rows[f"{prefix}{key}"].double()
+
     def total(key: str) -> float:
-        return float(rows[f"{prefix}{key}"].double().sum())
+        return float(column(key).sum())
 
-    ap = rows[f"{prefix}ap"].double()
+    ap = column("ap")
     has = ~torch.isnan(ap)
     ious = [total(f"inter_{c}") / total(f"union_{c}") for c in ("bg", "fg") if total(f"union_{c}") > 0]
-    return {"pixel_accuracy": 100 * total("correct") / total("total"), "mAP": float(100 * ap[has].mean()),
-            "mIoU": 100 * sum(ious) / len(ious), "n_images": int(ap.numel()), "n_ap_images": int(has.sum())}
+    inter = torch.stack([column("inter_bg"), column("inter_fg")], dim=1)
+    union = torch.stack([column("union_bg"), column("union_fg")], dim=1)
+    scores = {"pixel_accuracy": 100 * total("correct") / total("total"), "mAP": float(100 * ap[has].mean()),
+              "mIoU": 100 * sum(ious) / len(ious), "n_images": int(ap.numel()), "n_ap_images": int(has.sum())}
+    intervals = {"pixel_accuracy": ratio_interval(column("correct"), column("total")),
+                 "mAP": mean_interval(ap) if bool(has.any()) else (math.nan, math.nan),
+                 "mIoU": mean_ratio_interval(inter, union)}
+    n = int(ap.numel())
+    return _with_intervals(scores, intervals, {"pixel_accuracy": n, "mAP": int(has.sum()), "mIoU": n})
 
 
 class SegmentationScorer(nn.Module):
     """Per image and method: binary segmentation counts of the map for the top-predicted class vs mask > 0."""
 
-    def __init__(self, explainers: Explainers) -> None:
+    def __init__(self, explainers: Explainers, protocol: str = "authors") -> None:
         super().__init__()
-        self.explainers = explainers
+        self.explainers, self.protocol = explainers, protocol
 
     def forward(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         x, masks = batch["image"], batch["mask"]
@@ -284,13 +315,13 @@ class SegmentationScorer(nn.Module):
         rows: dict[str, Tensor] = {"ids": batch["index"]}
         for name in self.explainers.names:
             maps = self.explainers.explain(name, x, predictions)
-            for key, value in segmentation_rows(maps, masks, threshold_for(name)).items():
+            for key, value in segmentation_rows(maps, masks, threshold_for(name), self.protocol).items():
                 rows[f"{name}|{key}"] = value
         return rows
 
 
-def segmentation_summary(rows: Mapping[str, Tensor], names: Sequence[str]) -> dict[str, dict[str, float]]:
-    """{name: {pixel_accuracy, mAP, mIoU, n_images, n_ap_images}} from SegmentationScorer rows."""
+def segmentation_summary(rows: Mapping[str, Tensor], names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """{name: {pixel_accuracy, mAP, mIoU, n_images, n_ap_images, ci95, n}} from SegmentationScorer rows."""
     return {name: _binary_scores(rows, f"{name}|") for name in names}
 
 
@@ -361,18 +392,24 @@ class MultiLabelSegmentationScorer(nn.Module):
         return rows
 
 
-def multilabel_summary(rows: Mapping[str, Tensor], names: Sequence[str]) -> dict[str, dict[str, float]]:
-    """{name: {pixel_accuracy, mAP (mean per-image micro AP), mIoU (labels present), n_images}} in %."""
+def multilabel_summary(rows: Mapping[str, Tensor], names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """{name: {pixel_accuracy, mAP (mean per-image micro AP), mIoU (labels present), n_images, ci95, n}} in %."""
     out = {}
     for name in names:
-        inter, union = rows[f"{name}|inter"].double().sum(0), rows[f"{name}|union"].double().sum(0)
+        per_inter, per_union = rows[f"{name}|inter"].double(), rows[f"{name}|union"].double()
+        inter, union = per_inter.sum(0), per_union.sum(0)
         present = union > 0
         ap = rows[f"{name}|ap"].double()
         has = ~torch.isnan(ap)
-        out[name] = {"pixel_accuracy": float(100 * rows[f"{name}|correct"].double().sum()
-                                             / rows[f"{name}|total"].double().sum()),
-                     "mAP": float(100 * ap[has].mean()), "mIoU": float(100 * (inter[present] / union[present]).mean()),
-                     "n_images": int(ap.numel()), "n_ap_images": int(has.sum())}
+        correct, total = rows[f"{name}|correct"].double(), rows[f"{name}|total"].double()
+        scores = {"pixel_accuracy": float(100 * correct.sum() / total.sum()),
+                  "mAP": float(100 * ap[has].mean()), "mIoU": float(100 * (inter[present] / union[present]).mean()),
+                  "n_images": int(ap.numel()), "n_ap_images": int(has.sum())}
+        intervals = {"pixel_accuracy": ratio_interval(correct, total),
+                     "mAP": mean_interval(ap) if bool(has.any()) else (math.nan, math.nan),
+                     "mIoU": mean_ratio_interval(per_inter, per_union)}
+        n = int(ap.numel())
+        out[name] = _with_intervals(scores, intervals, {"pixel_accuracy": n, "mAP": int(has.sum()), "mIoU": n})
     return out
 
 
@@ -403,8 +440,8 @@ class ClassSpecificityScorer(nn.Module):
 
 
 def specificity_summary(rows: Mapping[str, Tensor], names: Sequence[str], subset: Tensor | None = None
-                        ) -> dict[str, dict[str, float]]:
-    """{name: {iou_own, iou_other, difference, difference_se, n_images}}: means over images (optionally a subset)."""
+                        ) -> dict[str, dict[str, Any]]:
+    """{name: {iou_own, iou_other, difference, difference_se, n_images, ci95, n}}: means over images (optionally a subset)."""
     out = {}
     for name in names:
         own, other = rows[f"{name}|iou_own"].double(), rows[f"{name}|iou_other"].double()
@@ -412,8 +449,10 @@ def specificity_summary(rows: Mapping[str, Tensor], names: Sequence[str], subset
             own, other = own[subset], other[subset]
         diff = own - other
         n = int(diff.numel())
-        out[name] = {"iou_own": float(own.mean()) if n else math.nan, "iou_other": float(other.mean()) if n else math.nan,
-                     "difference": float(diff.mean()) if n else math.nan,
-                     "difference_se": float(diff.std() / math.sqrt(n)) if n > 1 else math.nan, "n_images": n}
+        values = {"iou_own": own, "iou_other": other, "difference": diff}
+        out[name] = {**{k: float(v.mean()) if n else math.nan for k, v in values.items()},
+                     "difference_se": float(diff.std() / math.sqrt(n)) if n > 1 else math.nan, "n_images": n,
+                     "ci95": {k: list(mean_interval(v)) if n else [math.nan, math.nan] for k, v in values.items()},
+                     "n": {k: n for k in values}}
     return out
 

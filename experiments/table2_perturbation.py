@@ -59,8 +59,7 @@ def markdown(summary: dict[str, Any], methods: Sequence[str], args: Any, data_na
     if args.order == "negative":
         rows += [[f"paper, {v} (VGG-19, ImageNet val)", *[PAPER[v].get(m) for m in methods]] for v in VARIANTS]
     for v in VARIANTS:
-        rows.append([f"**ours, {v}**", *[summary[m][v]["auc"] for m in methods]])
-        rows.append([f"ours, {v}: ± s.e.", *[summary[m][v]["auc_se"] for m in methods]])
+        rows.append([f"**ours, {v}**", *[harness.with_ci(summary[m][v], "auc") for m in methods]])
     better = "higher" if args.order == "negative" else "lower"
     return (
         f"# Table 2 — {args.order} perturbation AUC ({better} is better)\n\n"
@@ -74,9 +73,10 @@ def markdown(summary: dict[str, Any], methods: Sequence[str], args: Any, data_na
           "row-major). 'predicted': the map explains the clean top-1 class and a perturbed image counts as correct when "
           "its top-1 is still that class; 'target': the map explains the label and correctness is against the label. "
           "AUC = trapezoid of accuracy (%) over p ∈ [0.1, 0.9], p = 0 not included (a constant 100 % scores 80). "
-          "± s.e. = standard deviation of the per-image AUCs / √n. Methods run with sslx's defaults (the authors' "
+          "Methods run with sslx's defaults (the authors' "
           "baseline semantics); IG 100 steps, SmoothGrad 50 samples. Full curves: the JSON file and "
-          f"`table2{'' if args.order == 'negative' else '_positive'}_curves.png` (the paper's Fig. 3).\n"
+          f"`table2{'' if args.order == 'negative' else '_positive'}_curves.png` (the paper's Fig. 3).\n\n"
+        + harness.CI_NOTE + " `auc_se` in the JSON is the standard deviation of the per-image AUCs / √n.\n"
     )
 
 
@@ -99,7 +99,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               "paper": PAPER if args.order == "negative" else None,
               "conventions": {"auc": "trapezoid of accuracy (%) over p = 0.1..0.9, p = 0 excluded (constant 100 % → 80)",
                               "removal": "int(H*W*p) pixels set to 0 on the [0,1] image, stable row-major ties",
-                              "auc_se": "std of per-image AUCs / sqrt(n)"}}
+                              "auc_se": "std of per-image AUCs / sqrt(n)",
+                              "ci95": "95 % percentile bootstrap over images (1000 resamples, seed 0) of the AUC"}}
     name = "table2" if args.order == "negative" else "table2_positive"
     figure = se.curves_figure(summary, VARIANTS, se.LABELS)
     harness.write_results(name, markdown(summary, methods, args, data_name, n, clean), result, args,

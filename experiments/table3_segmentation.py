@@ -39,8 +39,7 @@ PAPER = {"imagenet": {"pixel_accuracy": {"gradient_shap": 49.9, "meaningful_pert
 RULES = (
     "Foreground rule: signed maps (Gradient SHAP, LRP αβ, RAP, CLRP, SGLRP, AGF) → positive part (> 0); "
     "non-negative maps (Int. Grad — Σ_c|·| as in the authors' baseline —, Smooth Grad, LRP, Full Grad, Grad-CAM) → "
-    "above the map's per-image mean. Pixel accuracy and mIoU are dataset-level (Σ over all pixels), mAP = mean over "
-    "images of the average precision (sklearn's step-wise definition) of the raw map against the foreground; all in %."
+    "above the map's per-image mean. Pixel accuracy and mIoU are dataset-level (Σ over all pixels); all in %."
 )
 MULTILABEL_RULE = (
     "VOC-analog rule (our reading of the authors' VOC protocol; agf_reference_semantics.md, last lines): the "
@@ -68,6 +67,7 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     p.add_argument("--voc", type=Path, default=None, help="PASCAL VOC 2012 root (torchvision layout)")
     p.add_argument("--voc-split", default="val")
     p.add_argument("--image-size", type=int, default=224, help="resolution of the real datasets' images")
+    se.add_map_protocol_option(p, "(a)")
     return p.parse_args(argv)
 
 
@@ -117,13 +117,15 @@ def markdown(results: dict[str, Any], methods: Sequence[str], args: Any) -> str:
         for metric, label in (("pixel_accuracy", "Pixel Acc."), ("mAP", "mAP"), ("mIoU", "mIoU")):
             if metric in PAPER[part]:
                 rows.append([f"paper {label}", *[PAPER[part][metric].get(m) for m in methods]])
-            rows.append([f"**ours {label}**", *[res["methods"].get(m, {}).get(metric) for m in methods]])
+            rows.append([f"**ours {label}**", *[harness.with_ci(res["methods"][m], metric) if m in res["methods"]
+                                                 else None for m in methods]])
         text += (f"## {title}\n\n" + harness.markdown_table(header, rows)
                  + f"\nOurs: {res['data']}, first n = {res['n_images']} images, model `{res['model']}`. "
                  + res["note"] + "\n\n")
     text += ("**Data differ from the paper** (VGG-19 on ImageNet-Segmentation, 4 276 images; a multi-label VGG-19 on "
              "VOC 2012): compare rankings, not values. Meaningful Perturbation is not implemented in sslx (\"–\"). "
-             "mIoU is an extra column the paper does not report.\n\n" + RULES + "\n\n" + MULTILABEL_RULE + "\n")
+             "mIoU is an extra column the paper does not report.\n\n" + RULES + " (a): " + se.MAP_PROTOCOLS[args.map_protocol]
+             + "\n\n" + MULTILABEL_RULE + "\n\n" + harness.CI_NOTE + "\n")
     return text
 
 
@@ -139,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         loader = se.make_loader(data, n_images, args.batch_size)
         if part == "imagenet":
             explainers = se.Explainers(se.load_model(args.model), se.method_factories(implemented))
-            rows = harness.run_predict(se.SegmentationScorer(explainers), loader, args)
+            rows = harness.run_predict(se.SegmentationScorer(explainers, args.map_protocol), loader, args)
             scores = se.segmentation_summary(rows, implemented)
             model_name, note = args.model, "The map explains the top-1 predicted class; foreground = mask > 0."
         else:
@@ -161,7 +163,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results[part] = {"data": data_name, "model": model_name, "n_images": int(rows["ids"].numel()),
                          "methods": scores, "note": note}
     data = {"table": "3", "parts": results, "paper": PAPER, "not_implemented": sorted(se.NOT_IMPLEMENTED),
-            "conventions": {"binary": RULES, "multilabel": MULTILABEL_RULE}}
+            "map_protocol": args.map_protocol,
+            "conventions": {"binary": RULES, "map": se.MAP_PROTOCOLS[args.map_protocol], "multilabel": MULTILABEL_RULE,
+                            "ci95": harness.CI_NOTE}}
     harness.write_results("table3", markdown(results, methods, args), data, args)
     return data
 

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 import supervised_eval as se  # noqa: E402
@@ -45,14 +47,31 @@ def factories() -> dict[str, se.Factory]:
             for name, (_, switches) in ABLATIONS.items()}
 
 
+def add_paired_differences(summary: dict[str, Any], rows: dict[str, Any], names: Sequence[str]) -> None:
+    """summary[name]["predicted_minus_full"] = AUC(name) − AUC(full AGF), with a paired bootstrap interval over images."""
+    from sslx.metrics import mean_interval
+
+    grid = torch.tensor(se.DEFAULT_FRACTIONS, dtype=torch.float64)
+
+    def per_image(name: str) -> torch.Tensor:
+        return torch.trapezoid(rows[f"{name}|predicted"].double() * 100.0, grid, dim=1)
+
+    full = per_image("full")
+    for name in names:
+        difference = per_image(name) - full
+        summary[name]["predicted_minus_full"] = {
+            "auc": summary[name]["predicted"]["auc"] - summary["full"]["predicted"]["auc"],
+            "ci95": {"auc": list(mean_interval(difference))}, "n": {"auc": int(difference.numel())}}
+
+
 def markdown(summary: dict[str, Any], args: Any, data_name: str, n: int, clean: float) -> str:
     """The ablation table beside the paper's numbers, and the conventions."""
     names = list(ABLATIONS)
     header = ["", *[ABLATIONS[k][0] for k in names]]
+    differences = [summary[k]["predicted_minus_full"] for k in names]
     rows = [["paper (VGG-19, ImageNet val)", *[PAPER[k] for k in names]],
-            ["**ours**", *[summary[k]["predicted"]["auc"] for k in names]],
-            ["ours: ± s.e.", *[summary[k]["predicted"]["auc_se"] for k in names]],
-            ["ours − full AGF", *[summary[k]["predicted"]["auc"] - summary["full"]["predicted"]["auc"] for k in names]]]
+            ["**ours**", *[harness.with_ci(summary[k]["predicted"], "auc") for k in names]],
+            ["ours − full AGF", *[harness.with_ci(difference, "auc") for difference in differences]]]
     return (
         "# Table 5 — AGF ablations, negative perturbation AUC, predicted class (higher is better)\n\n"
         + harness.markdown_table(header, rows)
@@ -65,9 +84,9 @@ def markdown(summary: dict[str, Any], args: Any, data_name: str, n: int, clean: 
           "r = Grad-CAM = `residual=\"gradcam\"`.\n\n"
           "Conventions as Table 2: the map explains the clean top-1 class; the least relevant int(H·W·p) pixels of the "
           "[0, 1] image are set to 0 for p = 0.1…0.9; AUC = trapezoid of top-1 agreement with the clean prediction (%) "
-          "over p ∈ [0.1, 0.9] (p = 0 excluded; constant 100 % → 80). ± s.e. = std of per-image AUCs / √n; the "
-          "differences to full AGF are paired (same images), so they are more precise than the s.e. suggests. "
-          "Curves: JSON and `table5_curves.png`.\n"
+          "over p ∈ [0.1, 0.9] (p = 0 excluded; constant 100 % → 80). The differences to full AGF are paired (same "
+          "images): their intervals resample the per-image differences, so they are narrower than the two AUCs' "
+          "intervals suggest. Curves: JSON and `table5_curves.png`.\n\n" + harness.CI_NOTE + "\n"
     )
 
 
@@ -86,13 +105,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     scorer = se.PerturbationScorer(explainers, VARIANTS, "negative", mean, std)
     rows = harness.run_predict(scorer, se.make_loader(data, args.n_images or DEFAULT_N_IMAGES, args.batch_size), args)
     summary = se.perturbation_summary(rows, list(ABLATIONS), VARIANTS)
+    add_paired_differences(summary, rows, list(ABLATIONS))
     n = int(rows["ids"].numel())
     clean = float(rows["clean_correct"].double().mean() * 100)
     result = {"table": "5", "model": args.model, "data": data_name, "n_images": n, "clean_accuracy": clean,
               "fractions": list(se.DEFAULT_FRACTIONS), "methods": summary, "paper": PAPER,
               "switches": {k: v[1] for k, v in ABLATIONS.items()},
               "conventions": {"auc": "trapezoid of accuracy (%) over p = 0.1..0.9, p = 0 excluded (constant 100 % → 80)",
-                              "variant": "predicted class (map explains and accuracy counts the clean top-1)"}}
+                              "variant": "predicted class (map explains and accuracy counts the clean top-1)",
+                              "ci95": harness.CI_NOTE}}
     labels = {k: v[0] for k, v in ABLATIONS.items()}
     harness.write_results("table5", markdown(summary, args, data_name, n, clean), result, args,
                           figures={"curves": se.curves_figure(summary, VARIANTS, labels)})

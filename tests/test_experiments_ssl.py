@@ -1,9 +1,10 @@
 """The self-supervised experiment scripts (Table 4, Fig. 4a, Fig. 4b) run end to end on tiny sizes.
 
 Each script's `main` writes its results into tmp_path; the tests recompute what the numbers claim:
-the AUC is the trapezoid of the curve, fraction 0 keeps every chosen class, Δ/Σ/w-o pick
-arg-max head(L_I ∓ L_N)/head(L_I) with L_N the brute-force nearest reference scene, and the
-segmentation scores equal sslx.metrics on freshly computed maps.
+the AUC is the trapezoid of the curve, Δ/Σ/w-o pick arg-max head(L_I ∓ L_N)/head(L_I) with L_N the
+brute-force nearest reference scene, the maps explain the unmodified model M for that class, the
+default curve is M's accuracy on the perturbed images (the fixed-neighbour variant head(L_I' ∓ L_N)),
+and the segmentation scores equal sslx.metrics on freshly computed maps.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from sslx.assets import asset_path, load_embedded
 from sslx.data import ScenesDataset
 from sslx.data.scenes import collate_scenes
 from sslx.data.transforms import denormalize, normalize
-from sslx.metrics import perturbation_curve, segmentation_scores
+from sslx.metrics import perturbation_correct, perturbation_curve, segmentation_scores
+from sslx.metrics.bootstrap import mean_interval
 from sslx.neighbors import FeatureIndex
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,18 +64,54 @@ def table4(tmp_path_factory):
 def test_table4_curves_auc_and_fraction_zero(table4) -> None:
     out, data = table4
     for name in ("vgg", "rotnet"):
+        entry = data["models"][name]
         for mode in ("delta", "sum", "none"):
-            curve = data["models"][name]["curves"]["agf"][mode]
-            assert curve["fractions"] == [0.0, 0.5, 0.9]
-            assert curve["accuracy"][0] == 100.0  # nothing removed: the chosen class is kept by construction
-            expected = float(torch.trapezoid(torch.tensor(curve["accuracy"], dtype=torch.float64),
-                                             torch.tensor(curve["fractions"], dtype=torch.float64)))
-            assert curve["auc"] == pytest.approx(expected, abs=1e-9)
-            assert curve["n_images"] == N_IMAGES
-            assert all(0.0 <= a <= 100.0 for a in curve["accuracy"])
+            paper, variant = entry["curves"]["agf"][mode], entry["curves_fixed_neighbour"]["agf"][mode]
+            # nothing removed: M predicts t as often as on the clean images; the fixed-neighbour head always does
+            assert paper["accuracy"][0] == pytest.approx(entry["m_predicts_t"][mode])
+            assert variant["accuracy"][0] == 100.0
+            for curve in (paper, variant):
+                assert curve["fractions"] == [0.0, 0.5, 0.9]
+                expected = float(torch.trapezoid(torch.tensor(curve["accuracy"], dtype=torch.float64),
+                                                 torch.tensor(curve["fractions"], dtype=torch.float64)))
+                assert curve["auc"] == pytest.approx(expected, abs=1e-9)
+                assert curve["n_images"] == N_IMAGES and curve["n"] == {"auc": N_IMAGES}
+                assert curve["ci95"]["auc"][0] <= curve["auc"] + 1e-9 <= curve["ci95"]["auc"][1] + 2e-9
+                assert all(0.0 <= a <= 100.0 for a in curve["accuracy"])
+        assert entry["m_predicts_t"]["none"] == 100.0
+        assert entry["curves"]["agf"]["none"] == entry["curves_fixed_neighbour"]["agf"]["none"]  # w/o: the same test
     text = (out / "table4.md").read_text()
     assert "42.4" in text and "RotNet" in text and f"first {N_REFERENCE} single-object" in text
+    assert "Which protocol the paper's text supports" in text and "input tuple M, I, t" in text
+    assert "Variant, not the paper's protocol" in text
+    vgg = data["models"]["vgg"]["curves"]["agf"]["delta"]
+    assert f"{vgg['auc']:.1f} [{vgg['ci95']['auc'][0]:.1f}, {vgg['ci95']['auc'][1]:.1f}]" in text
+    assert data["settings"]["explain_model"] == "unmodified"
     assert (out / "table4_curves.png").stat().st_size > 1000
+
+
+@needs
+def test_table4_scores_the_unmodified_model_on_maps_of_the_unmodified_model(table4) -> None:
+    """Default: maps = AGF(M) for t, curve = M's accuracy on the perturbed images; variant: head(L_I' − L_N)."""
+    _, data = table4
+    entry = data["models"]["rotnet"]
+    model = _script("ssl_eval").load_model("rotnet")
+    batch = _batch("test", N_IMAGES)
+    x = batch["image"]
+    reference = FeatureIndex.from_features(model.backbone(_batch("train", N_REFERENCE)["image"]).detach())
+    t = torch.tensor(entry["ssl_class"]["delta"])
+    maps = sslx.explain(model, x, t, method="agf")
+    pixels = denormalize(x).clamp(0.0, 1.0)
+    fractions = (0.0, 0.5, 0.9)
+    curve = perturbation_curve(model, pixels, maps, t, "negative", fractions, normalize)
+    assert entry["curves"]["agf"]["delta"]["accuracy"] == pytest.approx(curve.tolist(), abs=1e-9)
+    neighbour = reference.features_of(torch.tensor(entry["neighbor_ids"]))
+    fixed = ssl.CombinedFeaturesModel(model.backbone, model.head, -neighbour.repeat(len(fractions), 1)).eval()
+    curve = perturbation_curve(fixed, pixels, maps, t, "negative", fractions, normalize, batch_size=3 * N_IMAGES)
+    assert entry["curves_fixed_neighbour"]["agf"]["delta"]["accuracy"] == pytest.approx(curve.tolist(), abs=1e-9)
+    correct = perturbation_correct(model, pixels, maps, t, "negative", fractions, normalize).double() * 100
+    per_image = torch.trapezoid(correct, torch.tensor(fractions, dtype=torch.float64), dim=1)
+    assert entry["curves"]["agf"]["delta"]["ci95"]["auc"] == pytest.approx(list(mean_interval(per_image)), abs=1e-9)
 
 
 @needs
@@ -135,10 +173,14 @@ def test_fig4a_scores_match_sslx_metrics(tmp_path) -> None:
         options = {"layer": "backbone.conv5"} if method == "gradcam" else {}
         explanation = ssl.explain(model, batch["image"], index, "delta", method, **options)
         assert entry["ssl_class"] == explanation.ssl_class.tolist()
-        expected = segmentation_scores(explanation.heatmaps.double(), batch["mask"], threshold)
+        expected = segmentation_scores(explanation.heatmaps.double(), batch["mask"], threshold)  # authors' mAP
+        scores = entry["scores"][method]
         for key in ("pixel_accuracy", "mAP", "mIoU"):
-            assert entry["scores"][method][key] == pytest.approx(float(expected[key]), abs=1e-6), (method, key)
+            assert scores[key] == pytest.approx(float(expected[key]), abs=1e-6), (method, key)
+            assert scores["ci95"][key][0] - 1e-9 <= scores[key] <= scores["ci95"][key][1] + 1e-9
+        assert scores["n"] == {"pixel_accuracy": N_IMAGES, "mAP": N_IMAGES, "mIoU": N_IMAGES}
     assert data["settings"]["thresholds"] == {"agf": 0.0, "gradcam": "mean"}
+    assert data["settings"]["map_protocol"] == "authors"
     assert (tmp_path / "fig4a_scatter.png").stat().st_size > 1000
 
 
@@ -187,7 +229,8 @@ def test_table4_on_imagenet_val_fixture_with_a_checkpoint(tmp_path) -> None:
     assert entry["neighbor_ids"] == [2, 2]  # the only image after the queries
     for mode in ("delta", "sum", "none"):
         curve = entry["curves"]["agf"][mode]
-        assert curve["accuracy"][0] == 100.0 and curve["n_images"] == 2
+        assert curve["accuracy"][0] == pytest.approx(entry["m_predicts_t"][mode]) and curve["n_images"] == 2
+        assert entry["curves_fixed_neighbour"]["agf"][mode]["accuracy"][0] == 100.0
         assert set(curve["accuracy"]) <= {0.0, 50.0, 100.0}
         expected = float(torch.trapezoid(torch.tensor(curve["accuracy"], dtype=torch.float64),
                                          torch.tensor(curve["fractions"], dtype=torch.float64)))

@@ -52,8 +52,13 @@ def test_table2_and_table5_agree_and_auc_is_the_trapezoid_of_the_curve(tmp_path)
             assert entry["auc"] == pytest.approx(np.trapezoid(entry["accuracy"], entry["fractions"]), abs=1e-9)
             assert set(entry["accuracy"]) <= {0.0, 50.0, 100.0}  # 2 images: each point is 0, 50 or 100 %
             assert 0.0 <= entry["auc"] <= 80.0
+            low, high = entry["ci95"]["auc"]
+            assert low <= entry["auc"] <= high and entry["n"]["auc"] == 2
     assert data["paper"]["predicted"]["agf"] == 38.9
-    assert "38.9" in (tmp_path / "table2.md").read_text()
+    text = (tmp_path / "table2.md").read_text()
+    agf = saved["methods"]["agf"]["predicted"]
+    assert "38.9" in text and "95 % percentile bootstrap" in text
+    assert f"{agf['auc']:.1f} [{agf['ci95']['auc'][0]:.1f}, {agf['ci95']['auc'][1]:.1f}]" in text
 
     ablation = script("table5_ablation").main([*TINY, "--out-dir", str(tmp_path)])
     read(tmp_path, "table5")
@@ -61,6 +66,8 @@ def test_table2_and_table5_agree_and_auc_is_the_trapezoid_of_the_curve(tmp_path)
     assert ablation["methods"]["full"]["predicted"]["accuracy"] == saved["methods"]["agf"]["predicted"]["accuracy"]
     assert set(ablation["methods"]) == {"full", "only_c", "no_a", "no_fx", "no_fgrad", "no_m", "no_gate",
                                         "gradcam_residual", "rap"}
+    assert ablation["methods"]["full"]["predicted_minus_full"] == {"auc": 0.0, "ci95": {"auc": [0.0, 0.0]},
+                                                                   "n": {"auc": 2}}
 
 
 def test_table3_embedded_parts_and_placeholder_for_meaningful_perturbation(tmp_path):
@@ -72,6 +79,12 @@ def test_table3_embedded_parts_and_placeholder_for_meaningful_perturbation(tmp_p
         assert part["n_images"] == 2 and set(part["methods"]) == {"agf", "gradcam"}
         for scores in part["methods"].values():
             assert all(0.0 <= scores[k] <= 100.0 for k in ("pixel_accuracy", "mAP", "mIoU"))
+            for k in ("pixel_accuracy", "mAP", "mIoU"):
+                low, high = scores["ci95"][k]
+                assert low - 1e-9 <= scores[k] <= high + 1e-9 and scores["n"][k] <= 2
+    assert saved["map_protocol"] == "authors"
+    for scores in saved["parts"]["imagenet"]["methods"].values():  # binarised two-channel AP lies in [50, 100]
+        assert 50.0 <= scores["mAP"] <= 100.0
     text = (tmp_path / "table3.md").read_text()
     assert "Meaningful Perturbation" in text and "| – |" in text
     assert data["paper"]["voc"]["mAP"]["agf"] == 45.9
@@ -142,6 +155,8 @@ def test_class_specificity_script(tmp_path):
     for entry in data["methods"].values():
         assert entry["difference"] == pytest.approx(entry["iou_own"] - entry["iou_other"])
         assert 0 <= entry["iou_own"] <= 100 and 0 <= entry["iou_other"] <= 100
+        assert entry["ci95"]["difference"][0] <= entry["difference"] <= entry["ci95"]["difference"][1]
+        assert entry["n"] == {"iou_own": 2, "iou_other": 2, "difference": 2}
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -173,17 +188,20 @@ def test_class_evidence_thresholds():
     assert se.threshold_for("agf") == 0.0 and se.threshold_for("gradcam") == "mean"
 
 
+@pytest.mark.parametrize("protocol", ["authors", "per_image_raw"])
 @pytest.mark.parametrize("threshold", [0.0, "mean"])
-def test_segmentation_rows_add_up_to_sslx_metrics(threshold):
+def test_segmentation_rows_add_up_to_sslx_metrics(threshold, protocol):
     g = torch.Generator().manual_seed(0)
     maps = torch.randn(3, 1, 6, 7, generator=g)
     masks = (torch.rand(3, 6, 7, generator=g) > 0.6).long()
     masks[1, 0, :3] = 255
-    rows = se.segmentation_rows(maps, masks, threshold)
+    rows = se.segmentation_rows(maps, masks, threshold, protocol)
     ours = se.segmentation_summary({f"m|{k}": v for k, v in rows.items()}, ["m"])["m"]
-    ref = segmentation_scores(maps, masks, threshold=threshold)
+    ref = segmentation_scores(maps, masks, threshold=threshold, protocol=protocol)
     for key in ("pixel_accuracy", "mAP", "mIoU"):
         assert ours[key] == pytest.approx(float(ref[key]), abs=1e-5)
+        assert ours["ci95"][key][0] <= ours[key] + 1e-9 and ours[key] <= ours["ci95"][key][1] + 1e-9
+    assert ours["n"] == {"pixel_accuracy": 3, "mAP": 3, "mIoU": 3}
 
 
 def test_perturbation_summary_auc_and_standard_error():
@@ -193,3 +211,5 @@ def test_perturbation_summary_auc_and_standard_error():
     assert summary["auc"] == pytest.approx(np.mean(per_image))
     assert summary["auc_se"] == pytest.approx(np.std(per_image, ddof=1) / np.sqrt(2))
     assert summary["accuracy"] == [100.0] * 4 + [50.0] * 5
+    # two images: a resample's mean AUC is 35, 57.5 or 80 with probabilities 1/4, 1/2, 1/4 → the 95 % interval
+    assert summary["ci95"]["auc"] == pytest.approx([35.0, 80.0]) and summary["n"] == {"auc": 2}

@@ -1,4 +1,8 @@
-"""experiments/notebooks: ssl_semantics.ipynb is committed stripped, runs top to bottom and is exported to HTML."""
+"""experiments/notebooks: ssl_semantics.ipynb is committed stripped, runs top to bottom, prints the models' numbers.
+
+The test executes the notebook and recomputes its key numbers from the loaded models independently; it writes
+nothing into the checkout (only `experiments/notebooks/export.py` writes the committed HTML).
+"""
 from __future__ import annotations
 
 import importlib.util
@@ -9,6 +13,7 @@ from types import ModuleType
 
 import nbformat
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "experiments" / "notebooks"
@@ -115,9 +120,56 @@ def _markdown_tables(outputs: list) -> list[list[list[str]]]:
     return tables
 
 
+def _independent_numbers() -> dict[str, object]:
+    """The notebook's headline numbers recomputed here from the embedded models and the same scenes."""
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+
+    from sslx.assets import load_embedded
+
+    scene_tensors = _module("scene_tensors", ROOT / "experiments" / "scene_tensors.py")
+    test = scene_tensors.load_split("test", 480, "single", "generator")
+    x, y = scene_tensors.to_input(test.images), test.labels
+
+    def predict(model, images):
+        with torch.no_grad():
+            return torch.cat([model(images[i:i + 240]) for i in range(0, len(images), 240)]).argmax(1)
+
+    numbers: dict[str, object] = {}
+    for name in ("sela", "scan"):
+        model = load_embedded(name)
+        assigned = predict(model, x).numpy()
+        table = np.zeros((model.head.out_features, 12), dtype=np.int64)
+        np.add.at(table, (assigned, y.numpy()), 1)
+        rows, cols = linear_sum_assignment(table, maximize=True)
+        joint = table / table.sum()
+        clusters, classes = joint.sum(1), joint.sum(0)
+        nz = joint > 0
+        mutual = float((joint[nz] * np.log(joint[nz] / np.outer(clusters, classes)[nz])).sum())
+        entropy = [float(-(p[p > 0] * np.log(p[p > 0])).sum()) for p in (clusters, classes)]
+        numbers[name] = (100 * table.max(1).sum() / table.sum(), 100 * table[rows, cols].sum() / table.sum(),
+                         2 * mutual / sum(entropy))
+    rotnet, accuracy = load_embedded("rotnet"), {}
+    for pose in scene_tensors.POSES:
+        scenes = scene_tensors.to_input(scene_tensors.load_split("test", 240, "single", pose).images)
+        rotated = torch.cat([torch.rot90(scenes, k, dims=(2, 3)) for k in range(4)])
+        truth = torch.arange(4).repeat_interleave(len(scenes))
+        accuracy[pose] = 100 * float((predict(rotnet, rotated) == truth).double().mean())
+    numbers["rotnet"] = accuracy
+    scan = load_embedded("scan")
+    train = scene_tensors.load_split("train", 720, "single", "generator")
+    with torch.no_grad():
+        queries, reference = scan.backbone(x), scan.backbone(scene_tensors.to_input(train.images))
+    nearest = torch.cdist(queries.double(), reference.double()).argmin(1)
+    numbers["same_shape"] = 100 * float((train.labels[nearest] == y).double().mean())
+    return numbers
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_notebook_runs_top_to_bottom_and_exports_html() -> None:
+def test_notebook_runs_top_to_bottom_and_prints_the_models_numbers(tmp_path: Path) -> None:
+    committed = NOTEBOOK.with_suffix(".html")
+    before = committed.read_bytes() if committed.is_file() else None
     export = _script("export")
     nb = export.execute(NOTEBOOK)  # raises on the first cell that fails
 
@@ -127,37 +179,44 @@ def test_notebook_runs_top_to_bottom_and_exports_html() -> None:
     text = "".join(out.text for out in outputs if out.output_type == "stream" and out.name == "stdout")
     tables = _markdown_tables(outputs)
     assert len(tables) == TABLES
+    expected = _independent_numbers()
 
-    # Section 1: clusters. Purity (many-to-one) can never be below the one-to-one Hungarian accuracy.
+    # Section 1: clusters, recomputed from the embedded SeLa and SCAN on the same 480 test scenes.
     scenes = int(re.search(r"test: (\d+) scenes", text).group(1))
+    assert scenes == 480
     for name, table in zip(("sela", "scan"), tables):
         summary = (rf"{name}: purity {NUMBER}%, Hungarian accuracy {NUMBER}%, NMI {NUMBER}; "
                    r"(\d+) test scenes in (\d+) of (\d+)")
         purity, hungarian, nmi, counted, used, k = _numbers(summary, text)[0]
-        assert 0 < hungarian <= purity <= 100 and 0 <= nmi <= 1
+        want_purity, want_hungarian, want_nmi = expected[name]
+        assert purity == pytest.approx(want_purity, abs=0.051) and hungarian == pytest.approx(want_hungarian, abs=0.051)
+        assert nmi == pytest.approx(want_nmi, abs=5e-4)
         assert counted == scenes and 1 <= used <= k and len(table) == used
         counts = [[int(v) if v != "·" else 0 for v in row[2:-1]] for row in table]
         assert [sum(row) for row in counts] == [int(row[1]) for row in table]
-        assert sum(map(sum, counts)) == scenes
         assert sum(max(row) for row in counts) == pytest.approx(purity / 100 * scenes, abs=0.51)
 
-    # RotNet: every pose evaluated; the generator's pose is provably at chance; the confusion table matches.
+    # RotNet: every pose's rotation accuracy as recomputed; the best pose is named; its confusion table matches.
     poses = _poses()
-    accuracy = {pose: acc for pose, acc in re.findall(rf"RotNet rotation accuracy, pose (\w+): {NUMBER}%", text)}
+    accuracy = {pose: float(acc) for pose, acc in re.findall(rf"RotNet rotation accuracy, pose (\w+): {NUMBER}%", text)}
     assert list(accuracy) == list(poses)
-    assert abs(float(accuracy["generator"]) - 25) < 8
+    assert accuracy == pytest.approx(expected["rotnet"], abs=0.051)
+    assert abs(accuracy["generator"] - 25) < 8  # the generator's pose is provably at chance
     best = re.search(r"RotNet's pose \(best predicted\): (\w+)", text).group(1)
-    assert float(accuracy[best]) == max(map(float, accuracy.values()))
+    assert best == max(expected["rotnet"], key=expected["rotnet"].get)
     confusion = [[int(v) for v in row[1:]] for row in tables[2]]
     per_rotation = int(re.search(rf"pose {best}: [\d.]+% \((\d+) test scenes", text).group(1))
     assert [sum(row) for row in confusion] == [per_rotation] * 4
     diagonal = 100 * sum(confusion[k][k] for k in range(4)) / (4 * per_rotation)
-    assert diagonal == pytest.approx(float(accuracy[best]), abs=0.051)  # printed with one decimal
+    assert diagonal == pytest.approx(accuracy[best], abs=0.051)  # printed with one decimal
 
-    # Section 3: one line per neighbour figure, one score line per feature combination.
+    # Section 3: neighbours; the same-shape rate is the brute-force nearest neighbour's on SCAN's features.
     assert len(re.findall(r"→ neighbour train scene \d+", text)) == 3
+    same = float(re.search(rf"nearest training scene has the same shape for {NUMBER}%", text).group(1))
+    assert same == pytest.approx(expected["same_shape"], abs=0.051)
     miou = _numbers(rf"(?:Δ|Σ|w/o): pixel accuracy {NUMBER}%, mIoU {NUMBER}%, mAP {NUMBER}%", text)
     assert len(miou) == 3 and all(0 <= v <= 100 for row in miou for v in row)
+    assert all(row[2] >= 50 for row in miou)  # the authors' two-channel AP of a binarised map is at least 1/2
 
     # Section 4: a probe per RotNet layer, better than chance somewhere; one mIoU per layer.
     probes = re.findall(rf"(conv\d): probe accuracy {NUMBER}%", text)
@@ -173,5 +232,10 @@ def test_notebook_runs_top_to_bottom_and_exports_html() -> None:
     for heading in ("1. Which true classes", "2. AGF explanations", "3. An image, its nearest neighbour",
                     "4. Per-layer linear probes"):
         assert heading in html
-    export.write_html(html, NOTEBOOK.with_suffix(".html"))
-    assert NOTEBOOK.with_suffix(".html").read_text(encoding="utf-8") == html
+    shown = _numbers(rf"sela: purity {NUMBER}%, Hungarian accuracy {NUMBER}%", html)  # the page shows the numbers
+    assert len(shown) == 1 and shown[0] == pytest.approx(expected["sela"][:2], abs=0.051)
+    shown = _numbers(rf"same shape for {NUMBER}%", html)
+    assert len(shown) == 1 and shown[0][0] == pytest.approx(expected["same_shape"], abs=0.051)
+    out = export.write_html(html, tmp_path / "ssl_semantics.html")  # the test's copy, never the committed one
+    assert out.parent == tmp_path
+    assert (committed.read_bytes() if committed.is_file() else None) == before

@@ -14,7 +14,8 @@ from torch import nn
 import ssl_models
 from probe_fixtures import one_thread, write_tiny_rotnet  # noqa: F401  (one_thread: autouse fixture)
 from sslx import AGF
-from sslx.probe.data import GlobalBatchSampler, ProbeDataModule, ShardSampler, scenes_datasets
+from sslx.probe.data import (GlobalBatchSampler, ProbeDataModule, ShardSampler, folder_datasets, held_out_sizes,
+                             scenes_datasets)
 from sslx.probe.evaluate import explain_both, make_explainer, nest_results
 from sslx.probe.module import LinearProbe, probe_pool_size
 from sslx.probe.outputs import load_probe, read_results, results_table, save_probe, write_json
@@ -223,15 +224,21 @@ def test_nest_results_rebuilds_the_nested_scores() -> None:
     for variant, base in (("predicted", 10.0), ("target", 20.0)):
         logged.update({f"agf/perturbation_{variant}/auc": base, f"agf/perturbation_{variant}/n_images": 8.0,
                        f"agf/perturbation_{variant}/accuracy@0.1": base + 1,
-                       f"agf/perturbation_{variant}/accuracy@0.5": base + 2})
+                       f"agf/perturbation_{variant}/accuracy@0.5": base + 2,
+                       f"agf/perturbation_{variant}/auc_ci95_low": base - 3,
+                       f"agf/perturbation_{variant}/auc_ci95_high": base + 3})
     logged.update({f"agf/segmentation/{k}": 50.123456 for k in
                    ("pixel_accuracy", "mAP", "mIoU", "iou_background", "iou_foreground")})
+    logged.update({f"agf/segmentation/{k}_ci95_{end}": 40.0 if end == "low" else 60.0
+                   for k in ("pixel_accuracy", "mAP", "mIoU") for end in ("low", "high")})
     logged["agf/segmentation/n_ap_images"] = 8.0
     nested = nest_results(logged, ["agf"], fractions, with_masks=True)
     assert nested["probe_accuracy"] == 75.0 and nested["n_images"] == 8
     agf = nested["methods"]["agf"]
     assert agf["mAP"] == 50.1235 and agf["n_ap_images"] == 8
-    assert agf["perturbation_target"] == {"auc": 20.0, "fractions": [0.1, 0.5], "accuracy": [21.0, 22.0]}
+    assert agf["perturbation_target"] == {"auc": 20.0, "fractions": [0.1, 0.5], "accuracy": [21.0, 22.0],
+                                          "ci95": {"auc": [17.0, 23.0]}}
+    assert agf["ci95"] == {"pixel_accuracy": [40.0, 60.0], "mAP": [40.0, 60.0], "mIoU": [40.0, 60.0]}
     with pytest.raises(KeyError, match="did not report 'gradcam/perturbation_predicted/auc'"):
         nest_results(logged, ["gradcam"], fractions, with_masks=False)
 
@@ -303,3 +310,88 @@ def test_training_resumed_from_the_lightning_checkpoint_ends_where_an_uninterrup
         torch.testing.assert_close(resumed.state_dict()[name], straight.state_dict()[name], rtol=0, atol=1e-7)
     # the exact statistics were restored with the checkpoint, not recomputed
     assert float(resumed.stats_ready) == 1
+
+
+# ---- image-folder splits ----------------------------------------------------------------------------
+def write_folder(root: Path, per_class: int, classes: tuple[str, ...] = ("cats", "dogs"), size: int = 20) -> Path:
+    """`per_class` random PNG images in each class folder."""
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(0)
+    for name in classes:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = torch.randint(0, 256, (size, size, 3), generator=gen, dtype=torch.uint8).numpy()
+            Image.fromarray(pixels).save(root / name / f"{i:02d}.png")
+    return root
+
+
+def _folder(root: Path, val: int, test: int, seed: int = 0, train: int = 100):
+    return folder_datasets(root, None, 16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), train, val, test, seed)
+
+
+def test_held_out_sizes_never_overlap() -> None:
+    assert held_out_sizes(10, 3, 4) == (3, 4)  # enough images: both requests met
+    assert held_out_sizes(4, 2, 3) == (2, 2)  # shared in proportion 2 : 3 → 1.6 → 2, the rest to test
+    assert held_out_sizes(2, 50, 50) == (1, 1)
+    assert held_out_sizes(3, 1, 100) == (1, 2)
+    with pytest.raises(ValueError, match="held-out part has 1 image"):
+        held_out_sizes(1, 1, 1)
+    with pytest.raises(ValueError, match="val_images must be a positive int"):
+        held_out_sizes(10, 0, 1)
+
+
+def test_folder_validation_and_test_images_are_disjoint_and_recorded(tmp_path: Path) -> None:
+    root = write_folder(tmp_path / "data", per_class=15)  # 20 % of each class held out: 3 + 3 = 6 images
+    data = _folder(root, val=2, test=3)
+    assert (len(data.train), len(data.val), len(data.test)) == (24, 2, 3)
+    splits = data.splits
+    assert {k: v["count"] for k, v in splits.items()} == {"train": 24, "val": 2, "test": 3}
+    val, test, train = (set(splits[k]["indices"]) for k in ("val", "test", "train"))
+    assert not val & test and not (val | test) & train
+    assert all((root / path).is_file() for split in splits.values() for path in split["paths"])
+    # the recorded indices are the images the splits really return
+    folder = data.test.dataset.dataset  # test = Subset(held-out Subset(folder))
+    samples = folder.samples
+    for position, index in enumerate(splits["test"]["indices"]):
+        assert torch.equal(data.test[position]["image"], folder[index]["image"])
+        assert Path(samples[index][0]).name == Path(splits["test"]["paths"][position]).name
+    # the same seed gives the same split; asking for more than is held out shares it without overlap
+    assert _folder(root, val=2, test=3).splits == splits
+    crowded = _folder(root, val=4, test=4).splits
+    assert crowded["val"]["count"] + crowded["test"]["count"] == 6
+    assert not set(crowded["val"]["indices"]) & set(crowded["test"]["indices"])
+
+
+def test_scenes_splits_are_described(tmp_path: Path) -> None:
+    data = scenes_datasets(32, (0.5,) * 3, (0.25,) * 3, 4, 3, 2, seed=5)
+    assert {k: v["count"] for k, v in data.splits.items()} == {"train": 4, "val": 3, "test": 2}
+    assert "'val' split (seed 5)" in data.splits["val"]["images"]
+
+
+def test_image_scores_intervals_match_sslx_metrics_in_index_order() -> None:
+    from sslx.metrics import mean_interval, mean_ratio_interval, ratio_interval, segmentation_counts
+    from sslx.probe.evaluate import ImageScores
+
+    gen = torch.Generator().manual_seed(4)
+    maps = torch.randn(6, 1, 5, 5, generator=gen)
+    masks = (torch.rand(6, 5, 5, generator=gen) > 0.5).long()
+    flags = {v: torch.rand(6, 3, generator=gen) > 0.4 for v in ("predicted", "target")}
+    ids = torch.tensor([5, 0, 3, 1, 4, 2])
+    scores = ImageScores((0.1, 0.5, 0.9), with_masks=True)
+    for part in (slice(3, 6), slice(0, 3)):  # batches out of order, as ranks of a DDP run deliver them
+        scores.update(ids[part], {v: f[part] for v, f in flags.items()}, segmentation_counts(maps[part], masks[part]))
+    out = scores.compute()
+    order = torch.argsort(ids)
+    counts = segmentation_counts(maps[order], masks[order])
+    grid = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    auc = torch.trapezoid(flags["target"][order].double() * 100, grid, dim=1)
+    assert out["perturbation_target"] == pytest.approx(mean_interval(auc))
+    lo, hi = ratio_interval(counts["correct"], counts["total"])
+    assert out["pixel_accuracy"] == pytest.approx((100 * lo, 100 * hi))
+    lo, hi = mean_ratio_interval(counts["intersections"], counts["unions"])
+    assert out["mIoU"] == pytest.approx((100 * lo, 100 * hi))
+    lo, hi = mean_interval(counts["ap"])
+    assert out["mAP"] == pytest.approx((100 * lo, 100 * hi))
+    with pytest.raises(ValueError, match="needs the batch's segmentation counts"):
+        scores.update(ids[:1], {v: f[:1] for v, f in flags.items()})

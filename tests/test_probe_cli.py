@@ -48,7 +48,8 @@ def test_metrics_json_has_the_expected_keys_and_finite_values(base: tuple[Path, 
     assert results == json.loads(json.dumps(returned))
     assert list(results["layers"]) == ["conv1", "conv2", "conv3", "conv4", "conv5"]
     assert results["config"]["methods"] == ["agf", "gradcam"] and results["config"]["epochs"] == 1
-    assert {"segmentation", "perturbation", "probe_accuracy", "heatmaps", "probe"} <= set(results["conventions"])
+    assert {"segmentation", "perturbation", "probe_accuracy", "heatmaps", "probe", "ci95"} <= set(results["conventions"])
+    assert {k: v["count"] for k, v in results["splits"].items()} == {"train": 24, "val": 8, "test": 8}
     # 64 px: maps 15, 7, 3, 3, 3; conv3 is 16×3×3 and sqrt(9216/16) = 24 is capped at the map's side
     assert [e["probe"]["feature_shape"][1] for e in results["layers"].values()] == [15, 7, 3, 3, 3]
     assert results["layers"]["conv3"]["probe"]["pool"] == 3 and results["layers"]["conv3"]["probe"]["num_features"] == 144
@@ -65,12 +66,16 @@ def test_metrics_json_has_the_expected_keys_and_finite_values(base: tuple[Path, 
             assert scores["n_ap_images"] == 8  # every scene has an object
             for key in ("pixel_accuracy", "mAP", "mIoU"):
                 assert 0.0 < scores[key] <= 100.0
+                low, high = scores["ci95"][key]  # a 95 % bootstrap interval over the 8 held-out images
+                assert low - 1e-3 <= scores[key] <= high + 1e-3
+            assert scores["mAP"] >= 50.0  # the authors' two-channel AP of a binarised map
             for variant in ("perturbation_predicted", "perturbation_target"):
                 curve = scores[variant]
                 assert curve["fractions"] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
                 # accuracies over 8 images are multiples of 12.5 %
                 assert len(curve["accuracy"]) == 9 and all(a / 12.5 == round(a / 12.5) for a in curve["accuracy"])
                 assert 0.0 <= curve["auc"] <= 80.0
+                assert curve["ci95"]["auc"][0] - 1e-3 <= curve["auc"] <= curve["ci95"]["auc"][1] + 1e-3
         assert all(math.isfinite(x) for x in _numbers(entry))
         assert (out / layer / "probe.pt").stat().st_size > 0
         assert (out / layer / "checkpoints" / "last.ckpt").is_file()
@@ -210,3 +215,22 @@ def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
     for option in ("--layer", "--model", "--data", "--epochs", "--batch-size", "--max-images", "--eval-images",
                    "--methods", "--out", "--wandb", "--devices", "--strategy", "--seed", "--resume"):
         assert option in text
+
+
+def test_image_folder_run_records_disjoint_validation_and_test_images(checkpoint: Path, tmp_path: Path) -> None:
+    from test_probe import write_folder
+
+    root = write_folder(tmp_path / "data", per_class=20, size=70)  # 4 + 4 held-out images
+    out = tmp_path / "out"
+    results = main(["--layer", "1", "--model", str(checkpoint), "--data", str(root), "--out", str(out),
+                    "--methods", "gradcam", "--overlays", "0", "--wandb", "disabled", *TINY,
+                    "--val-images", "4", "--eval-images", "4"])  # the later options win
+    saved = json.loads((out / "metrics.json").read_text())
+    splits = saved["splits"]
+    assert saved["data"] == f"image folder {root.resolve()}" and splits == results["splits"]
+    assert {name: splits[name]["count"] for name in ("train", "val", "test")} == {"train": 24, "val": 4, "test": 4}
+    val, test = set(splits["val"]["paths"]), set(splits["test"]["paths"])
+    assert len(val) == 4 and len(test) == 4 and not val & test
+    assert not (val | test) & set(splits["train"]["paths"])
+    assert all((root / path).is_file() for path in val | test)
+    assert saved["layers"]["conv1"]["n_eval_images"] == 4  # the evaluation ran on exactly the recorded test images

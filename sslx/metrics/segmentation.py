@@ -10,10 +10,17 @@ Conventions (ImageNet-Segmentation protocol of the AGF paper, docs/agf_reference
 - Pixel accuracy = Σ correct / Σ non-ignored pixels over all images (dataset level when accumulated).
 - mIoU = mean over the two classes (background, foreground) of Σ intersection / Σ union, summed over
   all images first; a class whose union is empty everywhere is left out of the mean.
-- mAP = mean over images of the average precision of the raw heatmap scores against the foreground,
-  as sklearn's ``average_precision_score``: AP = Σ_k (R_k − R_{k−1}) P_k over the distinct score
-  thresholds, step-wise, no interpolation (tied scores form one threshold). An image without
-  foreground pixels has no AP: it is excluded and counted in ``n_excluded``.
+- mAP = mean over images of a per-image average precision (AP), sklearn's ``average_precision_score``:
+  AP = Σ_k (R_k − R_{k−1}) P_k over the distinct score thresholds, step-wise, no interpolation (tied
+  scores form one threshold). Two protocols (`PROTOCOLS`):
+  - ``"authors"`` (default): the AGF authors' ImageNet-Segmentation evaluation (`imagenet_seg_eval.py`
+    with `get_ap_scores` of shirgur/AGFVisualization). The map is binarised at the threshold, the
+    two-channel output [background = 1 − pred, foreground = pred] is flattened and scored against the
+    one-hot truth [mask == 0, mask > 0] (2·N entries per image, ignored pixels left out of both
+    channels). With binary scores this AP equals a² + (1 − a)/2 for the image's pixel accuracy a, so it
+    lies in [50, 100] %. Every image with a valid pixel has an AP (background is a class too).
+  - ``"per_image_raw"``: the AP of the raw heatmap values against the foreground only; an image
+    without foreground pixels has no AP (excluded, counted in ``n_excluded``).
 - All scores are percentages (0–100), like the paper's tables.
 """
 from __future__ import annotations
@@ -28,15 +35,18 @@ from torchmetrics import Metric
 from sslx._validate import check_image_batch
 
 __all__ = [
+    "PROTOCOLS",
     "SegmentationScores",
     "average_precision",
     "class_specificity",
     "foreground_prediction",
+    "segmentation_counts",
     "segmentation_scores",
     "segmentation_statistics",
 ]
 
 Threshold = str | float
+PROTOCOLS = ("authors", "per_image_raw")
 
 
 def _check_masks(masks: object, heatmaps: Tensor, name: str, ignore_index: int | None) -> Tensor:
@@ -75,6 +85,13 @@ def _check_threshold(threshold: object) -> Threshold:
     elif not math.isfinite(threshold):
         raise ValueError(f"threshold must be finite, got {threshold}")
     return threshold
+
+
+def _check_protocol(protocol: object) -> str:
+    """Return `protocol` unless it is not one of PROTOCOLS."""
+    if not isinstance(protocol, str) or protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    return protocol
 
 
 def foreground_prediction(heatmaps: Tensor, threshold: Threshold = "auto") -> Tensor:
@@ -125,30 +142,55 @@ def average_precision(scores: Tensor, labels: Tensor, valid: Tensor | None = Non
     return torch.where(n_positive > 0, ap_sum / n_positive.clamp(min=1), torch.nan)
 
 
-def segmentation_statistics(
-    heatmaps: Tensor, masks: Tensor, threshold: Threshold = "auto", ignore_index: int | None = 255
+def segmentation_counts(
+    heatmaps: Tensor, masks: Tensor, threshold: Threshold = "auto", ignore_index: int | None = 255,
+    protocol: str = "authors",
 ) -> dict[str, Tensor]:
-    """Return the batch's summable counts (correct, total, intersections, unions, ap_sum, ap_count, n_excluded)."""
+    """Return per-image counts: correct, total (B), intersections, unions (B×2: background, foreground), ap (B, NaN = none)."""
     check_image_batch(heatmaps, "heatmaps", channels=1)
     masks = _check_masks(masks, heatmaps, "masks", ignore_index)
+    _check_protocol(protocol)
     if ignore_index is None or masks.dtype == torch.bool:
         valid = torch.ones_like(masks, dtype=torch.bool)
     else:
         valid = masks != ignore_index
     truth = (masks > 0) & valid
     pred = _above_threshold(heatmaps, threshold)
-    pred_bg, truth_bg = ~pred & valid, ~truth & valid
-    pred_fg = pred & valid
-    intersections = torch.stack([(pred_bg & truth_bg).sum(), (pred_fg & truth).sum()])
-    unions = torch.stack([(pred_bg | truth_bg).sum(), (pred_fg | truth).sum()])
+    pred_bg, truth_bg, pred_fg = ~pred & valid, ~truth & valid, pred & valid
+
+    def per_image(t: Tensor) -> Tensor:
+        return t.flatten(1).sum(dim=1)
+
     batch = heatmaps.shape[0]
-    ap = average_precision(heatmaps.reshape(batch, -1), truth.reshape(batch, -1), valid.reshape(batch, -1))
+    flat_truth, flat_valid = truth.reshape(batch, -1), valid.reshape(batch, -1)
+    if protocol == "authors":
+        foreground = pred.reshape(batch, -1).to(torch.float64)
+        ap = average_precision(torch.cat([1.0 - foreground, foreground], dim=1),
+                               torch.cat([~flat_truth, flat_truth], dim=1), torch.cat([flat_valid, flat_valid], dim=1))
+    else:
+        ap = average_precision(heatmaps.reshape(batch, -1), flat_truth, flat_valid)
+    return {
+        "correct": per_image((pred == truth) & valid),
+        "total": per_image(valid),
+        "intersections": torch.stack([per_image(pred_bg & truth_bg), per_image(pred_fg & truth)], dim=1),
+        "unions": torch.stack([per_image(pred_bg | truth_bg), per_image(pred_fg | truth)], dim=1),
+        "ap": ap,
+    }
+
+
+def segmentation_statistics(
+    heatmaps: Tensor, masks: Tensor, threshold: Threshold = "auto", ignore_index: int | None = 255,
+    protocol: str = "authors",
+) -> dict[str, Tensor]:
+    """Return the batch's summable counts (correct, total, intersections, unions, ap_sum, ap_count, n_excluded)."""
+    counts = segmentation_counts(heatmaps, masks, threshold, ignore_index, protocol)
+    ap = counts["ap"]
     has_ap = ~torch.isnan(ap)
     return {
-        "correct": ((pred == truth) & valid).sum(),
-        "total": valid.sum(),
-        "intersections": intersections,
-        "unions": unions,
+        "correct": counts["correct"].sum(),
+        "total": counts["total"].sum(),
+        "intersections": counts["intersections"].sum(dim=0),
+        "unions": counts["unions"].sum(dim=0),
         "ap_sum": torch.where(has_ap, ap, 0.0).sum(),
         "ap_count": has_ap.sum(),
         "n_excluded": (~has_ap).sum(),
@@ -174,14 +216,16 @@ def _scores_from_statistics(stats: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def segmentation_scores(
-    heatmaps: Tensor, masks: Tensor, threshold: Threshold = "auto", ignore_index: int | None = 255
+    heatmaps: Tensor, masks: Tensor, threshold: Threshold = "auto", ignore_index: int | None = 255,
+    protocol: str = "authors",
 ) -> dict[str, Tensor]:
     """Return pixel_accuracy, mIoU, iou_background, iou_foreground, mAP (all %), n_ap_images and n_excluded.
 
-    heatmaps B×1×H×W (any scale), masks B×H×W or B×1×H×W (conventions in the module docstring).
-    mAP is NaN when no image has foreground pixels. Values are in the heatmaps' dtype.
+    heatmaps B×1×H×W (any scale), masks B×H×W or B×1×H×W (conventions in the module docstring);
+    `protocol` is the mAP protocol ("authors" or "per_image_raw"). mAP is NaN when no image has an AP.
+    Values are in the heatmaps' dtype.
     """
-    scores = _scores_from_statistics(segmentation_statistics(heatmaps, masks, threshold, ignore_index))
+    scores = _scores_from_statistics(segmentation_statistics(heatmaps, masks, threshold, ignore_index, protocol))
     return {k: v if k.startswith("n_") else v.to(heatmaps.dtype) for k, v in scores.items()}
 
 
@@ -189,17 +233,20 @@ class SegmentationScores(Metric):
     """Accumulate `segmentation_scores` over batches and processes (sum-reduced states, DDP-safe).
 
     ``update(heatmaps, masks)``; ``compute()`` returns the same keys as `segmentation_scores`, in
-    float64, with pixel accuracy and IoU at dataset level and mAP averaged over all accumulated images.
+    float64, with pixel accuracy and IoU at dataset level and mAP (of `protocol`) averaged over all
+    accumulated images.
     """
 
     is_differentiable = False
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self, threshold: Threshold = "auto", ignore_index: int | None = 255, **kwargs: Any) -> None:
+    def __init__(self, threshold: Threshold = "auto", ignore_index: int | None = 255, protocol: str = "authors",
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.threshold = _check_threshold(threshold)
         self.ignore_index = ignore_index
+        self.protocol = _check_protocol(protocol)
         long = torch.long
         self.add_state("correct", default=torch.tensor(0, dtype=long), dist_reduce_fx="sum")
         self.add_state("total", default=torch.tensor(0, dtype=long), dist_reduce_fx="sum")
@@ -211,7 +258,7 @@ class SegmentationScores(Metric):
 
     def update(self, heatmaps: Tensor, masks: Tensor) -> None:
         """Add one batch of heatmaps (B×1×H×W) and masks (B×H×W)."""
-        stats = segmentation_statistics(heatmaps, masks, self.threshold, self.ignore_index)
+        stats = segmentation_statistics(heatmaps, masks, self.threshold, self.ignore_index, self.protocol)
         for name, value in stats.items():
             state = getattr(self, name)
             setattr(self, name, state + value.to(device=state.device, dtype=state.dtype))

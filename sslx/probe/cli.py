@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--model", default=d.model, help="embedded model name (rotnet, sela, scan) or a checkpoint file read by "
       f"ssl_models.load (default: {d.model})")
     a("--data", default=d.data, help="'scenes' (the embedded procedural benchmark, with exact object masks) or an "
-      "ImageFolder directory <dir>/<class>/<image>; a stratified 20%% of a folder is held out for evaluation "
+      "ImageFolder directory <dir>/<class>/<image>; a stratified 20%% of a folder is held out and split (seeded) "
+      "into disjoint validation and test images; metrics.json lists which images each split used "
       f"(default: {d.data})")
     a("--masks", default=None, help="for an image folder: masks directory <masks>/<class>/<stem>.png (> 0 = object); "
       "without it the segmentation scores are skipped")

@@ -1,5 +1,10 @@
 """Probe data: train / val / held-out splits of the scenes benchmark or an image folder, sharded per process.
 
+The three splits never share an image: the scenes come from the benchmark's separate train/val/test
+splits; an image folder's stratified held-out part is shuffled with the seed and cut into disjoint
+validation and test images. `ProbeDatasets.splits` records which images each split holds (written
+into metrics.json by the probe job).
+
 Sharding is done here (the Trainer must run with ``use_distributed_sampler=False``) so that one process
 and N processes see the same global batches: each epoch's seeded permutation is cut into global batches
 and process r takes items r, r+N, … of every batch. Evaluation splits are sharded r::N without padding,
@@ -8,9 +13,9 @@ so every image is evaluated exactly once.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -33,6 +38,7 @@ class ProbeDatasets:
     std: tuple[float, ...]
     has_masks: bool
     source: str
+    splits: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -56,14 +62,46 @@ def scenes_datasets(resolution: int, mean: Sequence[float], std: Sequence[float]
     splits = {split: ScenesDataset(split, size, seed, resolution, "single", mean=mean, std=std, cache="memory")
               for split, size in sizes.items()}
     first = splits["train"]
+    described = {split: {"count": size, "images": f"scenes 0..{size - 1} of the benchmark's {split!r} split (seed {seed})"}
+                 for split, size in sizes.items()}
     return ProbeDatasets(splits["train"], splits["val"], splits["test"], SCENE_CLASSES, first.mean, first.std,
-                         has_masks=True, source=f"{SCENES} (seed {seed}, {resolution}px)")
+                         has_masks=True, source=f"{SCENES} (seed {seed}, {resolution}px)", splits=described)
+
+
+def held_out_sizes(available: int, val_images: int, eval_images: int) -> tuple[int, int]:
+    """(validation, test) image counts drawn from `available` held-out images without overlap.
+
+    Both requests are met when there are enough images; otherwise the held-out images are shared in
+    proportion to the requests, each split keeping at least one image.
+    """
+    _positive(val_images, "val_images")
+    _positive(eval_images, "eval_images")
+    if isinstance(available, bool) or not isinstance(available, int) or available < 0:
+        raise ValueError(f"available must be a non-negative int, got {available!r}")
+    if available < 2:
+        raise ValueError(f"the held-out part has {available} image(s); disjoint validation and test splits need at "
+                         "least 2 (add images or raise the held-out fraction)")
+    if available >= val_images + eval_images:
+        return val_images, eval_images
+    val = min(available - 1, max(1, round(available * val_images / (val_images + eval_images))))
+    return val, available - val
+
+
+def _folder_split(subset: Subset, root: Path) -> dict[str, Any]:
+    """{"count", "indices" (into the folder's sorted image list), "paths" (relative to the folder)} of a split."""
+    dataset, indices = subset.dataset, list(subset.indices)
+    while isinstance(dataset, Subset):  # a split of the held-out Subset: map back to the folder's images
+        indices = [int(dataset.indices[i]) for i in indices]
+        dataset = dataset.dataset
+    paths = [Path(dataset.samples[i][0]).resolve() for i in indices]
+    return {"count": len(indices), "indices": indices,
+            "paths": [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in paths]}
 
 
 def folder_datasets(root: str | os.PathLike, masks: str | os.PathLike | None, resolution: int,
                     mean: Sequence[float], std: Sequence[float], train_images: int, val_images: int,
                     eval_images: int, seed: int = 0, held_out_fraction: float = 0.2) -> ProbeDatasets:
-    """An ImageFolder directory: a stratified held-out part gives val (first `val_images`) and test images."""
+    """An ImageFolder directory: a stratified held-out part, shuffled with `seed`, gives disjoint val and test images."""
     from sslx.data.datamodule import ImageFolderDataModule
 
     for value, name in ((train_images, "train_images"), (val_images, "val_images"), (eval_images, "eval_images")):
@@ -81,12 +119,16 @@ def folder_datasets(root: str | os.PathLike, masks: str | os.PathLike | None, re
                          f"({held_out_fraction:.0%} of each class rounds to none)")
     order = torch.randperm(len(module.train_set), generator=torch.Generator().manual_seed(seed)).tolist()
     train = Subset(module.train_set, sorted(order[:train_images]))
-    val = Subset(held_out, range(min(val_images, len(held_out))))
-    test = Subset(held_out, range(min(eval_images, len(held_out))))
+    n_val, n_test = held_out_sizes(len(held_out), val_images, eval_images)
+    shuffled = torch.randperm(len(held_out), generator=torch.Generator().manual_seed(seed + 1)).tolist()
+    val = Subset(held_out, sorted(shuffled[:n_val]))
+    test = Subset(held_out, sorted(shuffled[n_val:n_val + n_test]))
     for name, split in (("training", train), ("held-out", test)):
         split[0]  # fail now, not mid-training, if the folder's images cannot be read
+    folder = Path(root).resolve()
+    splits = {name: _folder_split(split, folder) for name, split in (("train", train), ("val", val), ("test", test))}
     return ProbeDatasets(train, val, test, module.classes, module.mean, module.std, has_masks=masks is not None,
-                         source=f"image folder {Path(root).resolve()}")
+                         source=f"image folder {folder}", splits=splits)
 
 
 def probe_datasets(data: str, masks: str | None, resolution: int, mean: Sequence[float], std: Sequence[float],

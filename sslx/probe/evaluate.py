@@ -3,38 +3,50 @@
 Conventions (also written into metrics.json by the CLI, see `CONVENTIONS`):
 - Segmentation: the map explains the ground-truth class; foreground = mask > 0 (the object); threshold 0
   for signed maps (AGF), the map's mean for non-negative ones (Grad-CAM); pixel accuracy and mIoU are
-  dataset-level, mAP is the mean per-image average precision; all in %.
+  dataset-level, mAP is the mean per-image average precision of the AGF authors' protocol (the binarised
+  map's two channels [background, foreground] against the one-hot mask); all in %.
 - Negative perturbation: the least relevant pixels are zeroed first (p = 0.1 … 0.9 of the image) and the
   probe classifies the result. "predicted": the map explains the clean prediction and counts agreement
   with it; "target": the map explains the label and counts agreement with the label. AUC is the
   trapezoidal area of accuracy (%) over p in [0.1, 0.9] (a constant 100 % scores 80); higher is better.
+- Intervals: every pixel accuracy, mAP, mIoU and AUC comes with its 95 % percentile bootstrap interval over
+  the held-out images (`ci95`, 1000 resamples, seed 0, images in dataset-index order so that one and N
+  processes agree).
 """
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
+
+from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from sslx.data.transforms import denormalize, normalize
-from sslx.metrics import DEFAULT_FRACTIONS, PerturbationAccuracy, SegmentationScores, perturbation_correct
+from sslx.metrics import (DEFAULT_FRACTIONS, PerturbationAccuracy, SegmentationScores, mean_interval,
+                          mean_ratio_interval, perturbation_correct, ratio_interval, segmentation_counts)
 
 GRADCAM = "gradcam"
 SEGMENTATION_KEYS = ("pixel_accuracy", "mAP", "mIoU", "iou_background", "iou_foreground", "n_ap_images")
 VARIANTS = ("predicted", "target")
+INTERVAL_KEYS = ("pixel_accuracy", "mAP", "mIoU")
 CONVENTIONS = {
     "segmentation": "maps explain the ground-truth class; foreground = mask > 0; threshold 0 for signed maps, "
                     "the per-image mean for non-negative maps; pixel_accuracy and mIoU dataset-level, mAP = mean "
-                    "per-image average precision; all in %",
+                    "per-image average precision, the AGF authors' protocol (binarised map, AP over the background "
+                    "and foreground channels against the one-hot mask, sslx.metrics protocol 'authors'); all in %",
     "perturbation": "negative test: least relevant pixels zeroed first on the [0,1] image, then normalised and "
                     "classified by the probe; 'predicted' explains and scores the clean prediction, 'target' the "
                     "label; accuracy in % per fraction; auc = trapezoid over the listed fractions "
                     "(0.1..0.9, p = 0 excluded: a constant 100 % gives 80); higher is better",
     "probe_accuracy": "top-1 accuracy (%) of the probe on the held-out images",
+    "ci95": "95 % percentile bootstrap interval over the held-out images (1000 resamples, seed 0; images in "
+            "dataset-index order) of every pixel_accuracy, mAP, mIoU and perturbation AUC",
     "heatmaps": "as returned by sslx.explain: AGF signed, per-image max-normalised; gradcam (and other methods) "
                 "with their defaults, Grad-CAM taken at the output of the probed layer",
 }
@@ -70,6 +82,59 @@ def explain_both(explainer: Any, x: Tensor, labels: Tensor, predictions: Tensor)
     return for_label, for_prediction
 
 
+class ImageScores(Metric):
+    """One method's per-image scores (cat states, gathered across processes) → 95 % bootstrap intervals over images.
+
+    ``update(ids, correct_by_variant, counts)``: the batch's dataset indices, its B×F perturbation flags per
+    variant and (with masks) its `segmentation_counts`. ``compute()`` sorts the images by index (so one
+    and N processes resample the same rows) and returns {"pixel_accuracy", "mAP", "mIoU",
+    "perturbation_<variant>": (low, high)} in %.
+    """
+
+    full_state_update = False
+
+    def __init__(self, fractions: Sequence[float], with_masks: bool, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fractions, self.with_masks = tuple(fractions), with_masks
+        names = ["ids", *[f"auc_{v}" for v in VARIANTS]] + (["correct", "total", "inter", "union", "ap"]
+                                                             if with_masks else [])
+        for name in names:
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(self, ids: Tensor, correct: Mapping[str, Tensor], counts: Mapping[str, Tensor] | None = None) -> None:
+        """Add a batch: dataset indices, {variant: B×F flags}, and segmentation counts when scored with masks."""
+        grid = torch.tensor(self.fractions, dtype=torch.float64, device=ids.device)
+        self.ids.append(ids)
+        for variant in VARIANTS:
+            flags = correct[variant].double() * 100.0
+            auc = torch.trapezoid(flags, grid, dim=1) if len(self.fractions) > 1 else flags[:, 0] * math.nan
+            getattr(self, f"auc_{variant}").append(auc)
+        if self.with_masks:
+            if counts is None:
+                raise ValueError("ImageScores(with_masks=True) needs the batch's segmentation counts")
+            for state, key in (("correct", "correct"), ("total", "total"), ("inter", "intersections"),
+                               ("union", "unions"), ("ap", "ap")):
+                getattr(self, state).append(counts[key])
+
+    def _column(self, name: str, order: Tensor) -> Tensor:
+        value = getattr(self, name)
+        return (torch.cat(value) if isinstance(value, list) else value).double().cpu()[order]
+
+    def compute(self) -> dict[str, tuple[float, float]]:
+        """Percentile intervals (%) of each score, images resampled in dataset-index order."""
+        ids = self.ids if isinstance(self.ids, Tensor) else torch.cat(self.ids)
+        order = torch.argsort(ids.cpu(), stable=True)
+        out = {f"perturbation_{v}": mean_interval(self._column(f"auc_{v}", order)) if len(self.fractions) > 1
+               else (math.nan, math.nan) for v in VARIANTS}
+        if self.with_masks:
+            ap = self._column("ap", order)
+            scaled = {"pixel_accuracy": ratio_interval(self._column("correct", order), self._column("total", order)),
+                      "mAP": mean_interval(ap) if bool((~torch.isnan(ap)).any()) else (math.nan, math.nan),
+                      "mIoU": mean_ratio_interval(self._column("inter", order), self._column("union", order))}
+            out.update({k: (100.0 * lo, 100.0 * hi) for k, (lo, hi) in scaled.items()})
+        return out
+
+
 class ExplanationEvaluation(pl.LightningModule):
     """Trainer.test module: probe accuracy, segmentation and negative-perturbation scores per method.
 
@@ -101,6 +166,7 @@ class ExplanationEvaluation(pl.LightningModule):
         self.segmentation = nn.ModuleDict({m: SegmentationScores() for m in self.methods}) if with_masks else None
         self.perturbation = nn.ModuleDict({f"{m}_{v}": PerturbationAccuracy(self.fractions)
                                            for m in self.methods for v in VARIANTS})
+        self.intervals = nn.ModuleDict({m: ImageScores(self.fractions, with_masks) for m in self.methods})
         self._explainers: dict[str, Any] = {}
 
     def train(self, mode: bool = True) -> "ExplanationEvaluation":
@@ -131,16 +197,23 @@ class ExplanationEvaluation(pl.LightningModule):
         pixels = denormalize(x, self.mean, self.std).clamp(0.0, 1.0)
         for method in self.methods:
             for_label, for_prediction = explain_both(self.explainer(method), x, labels, predictions)
+            counts = None
             if self.segmentation is not None:
                 self.segmentation[method].update(for_label, batch["mask"])
+                counts = segmentation_counts(for_label, batch["mask"])
+            flags = {}
             for variant, maps, targets in (("predicted", for_prediction, predictions), ("target", for_label, labels)):
-                correct = perturbation_correct(self.model, pixels, maps, targets, "negative", self.fractions,
-                                               self._normalizer())
-                self.perturbation[f"{method}_{variant}"].update(correct)
+                flags[variant] = perturbation_correct(self.model, pixels, maps, targets, "negative", self.fractions,
+                                                      self._normalizer())
+                self.perturbation[f"{method}_{variant}"].update(flags[variant])
+            self.intervals[method].update(batch["index"], flags, counts)
 
     def on_test_epoch_end(self) -> None:
         values: dict[str, float] = {"probe/accuracy": 100.0 * float(self.accuracy.compute())}
         for method in self.methods:
+            for key, (low, high) in self.intervals[method].compute().items():
+                name = f"{method}/{key}/auc" if key.startswith("perturbation") else f"{method}/segmentation/{key}"
+                values[f"{name}_ci95_low"], values[f"{name}_ci95_high"] = low, high
             if self.segmentation is not None:
                 scores = self.segmentation[method].compute()
                 values.update({f"{method}/segmentation/{k}": float(scores[k]) for k in SEGMENTATION_KEYS})
@@ -173,12 +246,15 @@ def nest_results(logged: Mapping[str, float], methods: Sequence[str], fractions:
         if with_masks:
             entry.update({k: get(f"{method}/segmentation/{k}") for k in SEGMENTATION_KEYS})
             entry["n_ap_images"] = int(round(entry["n_ap_images"]))
+            entry["ci95"] = {k: [get(f"{method}/segmentation/{k}_ci95_low"), get(f"{method}/segmentation/{k}_ci95_high")]
+                             for k in INTERVAL_KEYS}
         for variant in VARIANTS:
             prefix = f"{method}/perturbation_{variant}"
             entry[f"perturbation_{variant}"] = {
                 "auc": get(f"{prefix}/auc"),
                 "fractions": [float(p) for p in fractions],
                 "accuracy": [get(f"{prefix}/accuracy@{p:g}") for p in fractions],
+                "ci95": {"auc": [get(f"{prefix}/auc_ci95_low"), get(f"{prefix}/auc_ci95_high")]},
             }
         methods_out[method] = entry
     n_images = int(round(get(f"{methods[0]}/perturbation_target/n_images")))

@@ -155,7 +155,7 @@ def flat_metrics(layer: str, entry: Mapping[str, Any]) -> dict[str, float]:
             if isinstance(v, float) and k.endswith("accuracy")}
     for method, scores in entry["methods"].items():
         for key, value in scores.items():
-            if isinstance(value, Mapping):
+            if isinstance(value, Mapping) and "auc" in value:
                 flat[f"{layer}/{method}/{key}_auc"] = value["auc"]
             elif isinstance(value, (int, float)):
                 flat[f"{layer}/{method}/{key}"] = float(value)

@@ -203,7 +203,7 @@ class ProbeJob:
         return {"version": outputs.RESULTS_VERSION, "config": self.config.as_dict(),
                 "conventions": {**CONVENTIONS, "probe": PROBE_CONVENTION,
                                 "layers": "--layer N is 1-based into the model's probe-able layers"},
-                "data": None, "layers": {}}
+                "data": None, "splits": {}, "layers": {}}
 
     def _layer_done(self, results: dict[str, Any], layer: str) -> bool:
         return layer in results["layers"] and (self.out / layer / "probe.pt").is_file()
@@ -296,6 +296,7 @@ class ProbeJob:
         self.out.mkdir(parents=True, exist_ok=True)
         results = self.stored if self.stored is not None else self._new_results()
         results["config"] = self.config.as_dict()
+        results["data"], results["splits"] = self.datasets.source, self.datasets.splits  # which images each split used
         if self.is_main:  # records the settings a later --resume is checked against
             outputs.write_json(self.metrics_path, results)
         with tracking.wandb_environment(self.config.wandb, self.out):
