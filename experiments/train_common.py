@@ -40,6 +40,8 @@ def add_run_options(parser: argparse.ArgumentParser, *, lr: float, weight_decay:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-minutes", type=float, default=45.0,
                         help="safety stop: training ends after this long even if epochs remain")
+    parser.add_argument("--stop-after-epochs", type=int, default=None,
+                        help="train only the first N epochs of the planned schedule (the schedule still spans all)")
     parser.add_argument("--out", default=out, help=out_help)
 
 
@@ -74,8 +76,11 @@ class EpochLog(pl.Callback):
               f"elapsed {wall:.0f}s wall, {cpu:.0f}s cpu", flush=True)
 
 
-def make_trainer(max_epochs: int, max_minutes: float = 45.0, callbacks: Iterable[pl.Callback] = ()) -> pl.Trainer:
+def make_trainer(max_epochs: int, max_minutes: float = 45.0, callbacks: Iterable[pl.Callback] = (),
+                 stop_after_epochs: int | None = None) -> pl.Trainer:
     """A CPU Lightning trainer: no logger files, no checkpoints, deterministic; `max_minutes` is only a safety stop."""
+    if stop_after_epochs is not None:
+        max_epochs = min(max_epochs, stop_after_epochs)
     return pl.Trainer(
         accelerator="cpu", devices=1, max_epochs=max_epochs, deterministic=True, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

@@ -18,7 +18,6 @@ from torch import Tensor, nn
 
 from train_common import (ASSETS, Clock, OneCycleModule, agf_check, file_mb, load_split, make_trainer, predict,
                           random_flip, random_shift, setup, tensor_loader, to_input, write_report)
-from train_supervised import random_rot90
 
 OUT = ASSETS / "multilabel_vgg.pth"
 
@@ -32,7 +31,7 @@ def multi_hot(object_labels: Tensor, num_classes: int) -> Tensor:
 
 
 class MultiLabelModule(OneCycleModule):
-    """BCE-with-logits fine-tuning on uint8 scenes with flip / 90° rotation / shift augmentation (first epochs at half size)."""
+    """BCE-with-logits fine-tuning on uint8 scenes with mirror / shift augmentation (first epochs at half size)."""
 
     def __init__(self, net: nn.Module, lr: float, weight_decay: float, total_steps: int, shift: int,
                  low_res_epochs: int) -> None:
@@ -41,7 +40,7 @@ class MultiLabelModule(OneCycleModule):
 
     def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
         images, targets = batch
-        x = random_shift(random_rot90(random_flip(to_input(images))), self.shift)
+        x = random_shift(random_flip(to_input(images)), self.shift)
         if self.current_epoch < self.low_res_epochs:
             x = F.avg_pool2d(x, 2)  # progressive resizing, as train_supervised.py
         logits = self.net(x)

@@ -92,7 +92,7 @@ def rotnet_state(net: nn.Module) -> dict[str, Tensor]:
 def main() -> None:
     """Train, evaluate, save, reload through ssl_models.load and check AGF."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--train-size", type=int, default=6000)
     p.add_argument("--batch-size", type=int, default=32, help="scenes per batch (x4 rotations)")
     p.add_argument("--widths", type=int, nargs=5, default=(32, 64, 96, 64, 64))
@@ -114,7 +114,7 @@ def main() -> None:
     loader = tensor_loader(train.images, batch_size=args.batch_size, seed=args.seed)
     module = RotNetModule(net, args.lr, args.weight_decay, args.epochs * len(loader), args.shift)
     clock = Clock()
-    make_trainer(args.epochs, args.max_minutes).fit(module, loader)
+    make_trainer(args.epochs, args.max_minutes, stop_after_epochs=args.stop_after_epochs).fit(module, loader)
     train_s, train_cpu_s = clock.seconds()
 
     state = rotnet_state(net)

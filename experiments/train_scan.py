@@ -6,10 +6,12 @@
    with an MLP contrastive head (not saved, as in SCAN's clustering files). A positive pair is two
    renderings of the same objects (`scene_tensors.load_views`: geometry kept, background, position,
    colours and texture drawn anew), each colour-jittered, mirrored and cropped; labels are never read.
-2. Mining: the `knn` nearest neighbours of every train scene in L2-normalised backbone features.
+2. Mining: the `knn` nearest neighbours of every train scene in L2-normalised backbone features,
+   averaged over the scene's renderings (`--no-cluster-on-renderings`: the scene alone).
 3. SCAN: several linear cluster heads are trained on the frozen backbone (SCAN's ImageNet setting:
    heads only) with the SCAN loss, consistency with a neighbour minus `entropy_weight` × entropy of
-   the mean prediction. The best head is the one with the lowest SCAN loss on the val split.
+   the mean prediction; anchor and neighbour each show a random rendering. The best head is the one
+   with the lowest SCAN loss on the val split.
 Saved as {'model': backbone.* + cluster_head.{h}.*, 'head': numpy.int64(best)}.
 """
 from __future__ import annotations
@@ -141,17 +143,28 @@ def scan_loss(anchor_logits: Tensor, neighbour_logits: Tensor, entropy_weight: f
 
 def train_heads(features: Tensor, neighbours: Tensor, heads: nn.ModuleList, epochs: int, batch_size: int,
                 lr: float, entropy_weight: float, seed: int) -> None:
-    """SCAN on frozen features: each anchor is paired with one random neighbour per step."""
+    """SCAN on frozen features: each anchor is paired with one random neighbour per step.
+
+    `features` N×D, or N×V×D for V renderings of each scene: then anchor and neighbour each show a
+    random rendering (SCAN's augmentation of both sides, here on frozen features).
+    """
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(heads.parameters(), lr=lr, weight_decay=1e-4)
     n = len(features)
+
+    def rendering(idx: Tensor) -> Tensor:
+        if features.dim() == 2:
+            return features[idx]
+        return features[idx, torch.randint(0, features.shape[1], (len(idx),), generator=gen)]
+
     for epoch in range(epochs):
         order = torch.randperm(n, generator=gen)
         totals = torch.zeros(len(heads))
         for s in batched(n, batch_size):
             idx = order[s]
             pick = neighbours[idx, torch.randint(0, neighbours.shape[1], (len(idx),), generator=gen)]
-            losses = [scan_loss(h(features[idx]), h(features[pick]), entropy_weight)[0] for h in heads]
+            anchor, neighbour = rendering(idx), rendering(pick)
+            losses = [scan_loss(h(anchor), h(neighbour), entropy_weight)[0] for h in heads]
             opt.zero_grad()
             torch.stack(losses).sum().backward()
             opt.step()
@@ -177,13 +190,13 @@ def heads_val_loss(features: Tensor, neighbours: Tensor, heads: nn.ModuleList, e
 def main() -> None:
     """Pretext, mining, SCAN heads, save in the SCAN layout, reload through ssl_models.load, AGF, probe."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pretext-epochs", type=int, default=8)
-    p.add_argument("--low-res-epochs", type=int, default=6, help="leading pretext epochs at half resolution")
+    p.add_argument("--pretext-epochs", type=int, default=17)
+    p.add_argument("--low-res-epochs", type=int, default=16, help="leading pretext epochs at half resolution")
     p.add_argument("--views", type=int, default=3, help="extra renderings of each train scene (positives)")
     p.add_argument("--same-prob", type=float, default=0.5, help="fraction of pairs made from one rendering")
     p.add_argument("--rotation-weight", type=float, default=0.0, help="weight of the auxiliary rotation loss")
     p.add_argument("--contrastive-weight", type=float, default=1.0, help="weight of the NT-Xent loss (0: rotation only)")
-    p.add_argument("--train-size", type=int, default=4800)
+    p.add_argument("--train-size", type=int, default=6000)
     p.add_argument("--batch-size", type=int, default=64, help="scenes per SimCLR batch (2 views each)")
     p.add_argument("--widths", type=int, nargs=4, default=(16, 32, 64, 128))
     p.add_argument("--stem-width", type=int, default=16)
@@ -194,6 +207,11 @@ def main() -> None:
     p.add_argument("--clusters", type=int, default=12)
     p.add_argument("--scan-epochs", type=int, default=60)
     p.add_argument("--entropy-weight", type=float, default=5.0)
+    p.add_argument("--cluster-on-renderings", action=argparse.BooleanOptionalAction, default=True,
+                   help="mine neighbours on features averaged over each scene's renderings and train the heads "
+                        "on random renderings (off: the scenes alone)")
+    p.add_argument("--pretext-from", default=None,
+                   help="skip the pretext: take the backbone of this SCAN file and redo mining and clustering")
     add_run_options(p, lr=2e-3, weight_decay=0.01, out=str(ASSETS / "scan.pth"), probe=True,
                     lr_help="peak one-cycle AdamW learning rate (pretext)")
     args = p.parse_args()
@@ -208,22 +226,32 @@ def main() -> None:
     dim = 4 * args.widths[-1]
     views = torch.cat([train.images.unsqueeze(1), load_views("train", args.train_size, args.views, seed=args.seed)], 1)
     loader = tensor_loader(views, batch_size=args.batch_size, seed=args.seed)
-    module = SimCLRModule(backbone, dim, args.proj, args.temperature, args.lr, args.weight_decay,
-                          args.pretext_epochs * len(loader), args.low_res_epochs, args.same_prob, args.rotation_weight,
-                          args.contrastive_weight)
     clock = Clock()
-    make_trainer(args.pretext_epochs, args.max_minutes).fit(module, loader)
+    if args.pretext_from is None:
+        module = SimCLRModule(backbone, dim, args.proj, args.temperature, args.lr, args.weight_decay,
+                              args.pretext_epochs * len(loader), args.low_res_epochs, args.same_prob,
+                              args.rotation_weight, args.contrastive_weight)
+        make_trainer(args.pretext_epochs, args.max_minutes, stop_after_epochs=args.stop_after_epochs).fit(module, loader)
+    else:
+        backbone.load_state_dict(ssl_models.load(args.pretext_from, kind="scan").backbone.state_dict())
     pretext_s, pretext_cpu_s = clock.seconds()
 
     backbone.eval()
     feats = {name: predict(backbone, split.images) for name, split in (("train", train), ("val", val))}
-    neighbours = {name: mine_neighbours(f, args.knn) for name, f in feats.items()}
+    neighbours = {"val": mine_neighbours(feats["val"], args.knn)}
+    head_inputs = feats["train"]
+    if args.cluster_on_renderings:
+        head_inputs = torch.stack([feats["train"]] + [predict(backbone, views[:, v].contiguous())
+                                                      for v in range(1, views.shape[1])], 1)
+        neighbours["train"] = mine_neighbours(F.normalize(head_inputs, dim=2).mean(1), args.knn)
+    else:
+        neighbours["train"] = mine_neighbours(feats["train"], args.knn)
     purity = float((train.labels[neighbours["train"]] == train.labels[:, None]).double().mean())
     print(f"pretext done in {pretext_s:.0f}s; train kNN (k={args.knn}) label purity {purity:.4f}", flush=True)
 
     torch.manual_seed(args.seed)
     heads = nn.ModuleList(nn.Linear(dim, args.clusters) for _ in range(args.heads))
-    train_heads(feats["train"], neighbours["train"], heads, args.scan_epochs, 256, 1e-3, args.entropy_weight,
+    train_heads(head_inputs, neighbours["train"], heads, args.scan_epochs, 256, 1e-3, args.entropy_weight,
                 args.seed)
     val_losses = heads_val_loss(feats["val"], neighbours["val"], heads, args.entropy_weight)
     best = int(np.argmin(val_losses))
@@ -243,7 +271,8 @@ def main() -> None:
 
     test_pred = predict(model, test.images).argmax(1)
     report = {"views": args.views, "low_res_epochs": args.low_res_epochs, "same_prob": args.same_prob,
-              "rotation_weight": args.rotation_weight, "contrastive_weight": args.contrastive_weight, "train_seconds": total_s, "train_cpu_seconds": total_cpu_s, "pretext_seconds": pretext_s,
+              "rotation_weight": args.rotation_weight, "contrastive_weight": args.contrastive_weight,
+              "cluster_on_renderings": args.cluster_on_renderings, "pretext_from": args.pretext_from, "train_seconds": total_s, "train_cpu_seconds": total_cpu_s, "pretext_seconds": pretext_s,
               "pretext_cpu_seconds": pretext_cpu_s, "pretext_epochs": args.pretext_epochs,
               "train_size": args.train_size, "knn_purity": purity, "heads": args.heads, "best_head": best,
               "val_scan_losses": [round(v, 4) for v in val_losses],

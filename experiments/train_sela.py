@@ -122,7 +122,7 @@ class SelaModule(OneCycleModule):
 def main() -> None:
     """Train, save in the SeLa layout, reload through ssl_models.load, check AGF, probe."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--train-size", type=int, default=6000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--widths", type=int, nargs=5, default=(32, 64, 96, 64, 64))
@@ -149,7 +149,7 @@ def main() -> None:
     module = SelaModule(net, train.images, views, args.lr, args.weight_decay, args.epochs * len(loader), len(loader),
                         args.updates_per_epoch, args.shift, args.lamb, args.rotation_weight)
     clock = Clock()
-    make_trainer(args.epochs, args.max_minutes).fit(module, loader)
+    make_trainer(args.epochs, args.max_minutes, stop_after_epochs=args.stop_after_epochs).fit(module, loader)
     train_s, train_cpu_s = clock.seconds()
 
     state = {k: v.detach().clone() for k, v in net.state_dict().items()}

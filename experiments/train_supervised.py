@@ -17,8 +17,8 @@ from torch import Tensor, nn
 from train_common import (ASSETS, Clock, OneCycleModule, add_run_options, agf_check, class_accuracy, file_mb, load_split, make_trainer,
                           predict, random_flip, random_shift, setup, tensor_loader, to_input, write_report)
 
-DEFAULT_EPOCHS = {"vgg": 10, "resnet": 10}
-DEFAULT_LOW_RES_EPOCHS = {"vgg": 8, "resnet": 6}
+DEFAULT_EPOCHS = {"vgg": 7, "resnet": 7}
+DEFAULT_LOW_RES_EPOCHS = {"vgg": 6, "resnet": 5}
 
 
 class SupervisedModule(OneCycleModule):
@@ -50,9 +50,9 @@ def main() -> None:
     """Train, evaluate on the test split (single and pair scenes), save, reload and check AGF."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", required=True, choices=("vgg", "resnet"))
-    p.add_argument("--epochs", type=int, default=None, help="default: 10")
+    p.add_argument("--epochs", type=int, default=None, help="default: 7")
     p.add_argument("--low-res-epochs", type=int, default=None,
-                   help="leading epochs at half resolution (default: vgg 8, resnet 6)")
+                   help="leading epochs at half resolution (default: vgg 6, resnet 5)")
     p.add_argument("--train-size", type=int, default=9600)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--shift", type=int, default=8)
@@ -80,7 +80,7 @@ def main() -> None:
     module = SupervisedModule(net, args.lr, args.weight_decay, epochs * len(loader), args.shift, args.label_smoothing,
                               low_res_epochs)
     clock = Clock()
-    make_trainer(epochs, args.max_minutes).fit(module, loader)
+    make_trainer(epochs, args.max_minutes, stop_after_epochs=args.stop_after_epochs).fit(module, loader)
     train_s, train_cpu_s = clock.seconds()
 
     net.eval()

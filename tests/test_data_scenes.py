@@ -29,15 +29,14 @@ def test_shape_areas_match_their_geometry():
     u, v, px = _unit_grid()
     s36 = math.sin(math.radians(36))
     expected = {
-        "circle": math.pi * 0.85 ** 2,
-        "square": 1.24 ** 2,
-        "triangle": 3 * math.sqrt(3) / 4 * 0.95 ** 2,
+        "house": 1.2 * 0.8 + 0.5 * 1.2 * 0.7,
+        "triangle": 0.5 * 1.1 * 1.6,
         "star": 10 * 0.5 * 0.95 * 0.4 * s36,
-        "cross": 2 * 1.7 * 0.5 - 0.5 ** 2,
-        "ring": math.pi * (0.88 ** 2 - 0.5 ** 2),
-        "hexagon": 3 * math.sqrt(3) / 2 * 0.88 ** 2,
+        "latin_cross": 0.4 * 1.75 + 2 * 0.45 * 0.4,
+        "horseshoe": math.pi * (0.88 ** 2 - 0.5 ** 2) - 0.6 * (0.88 - 0.5) * 0.985,
+        "trapezoid": 0.5 * (1.6 + 0.7) * 1.05,
         "arrow": 1.05 * 0.4 + 0.5 * 1.1 * 0.75,
-        "ellipse": math.pi * 0.92 * 0.5,
+        "dome": 0.5 * math.pi * 0.85 ** 2,
         "l_shape": 0.45 * 1.4 + 0.85 * 0.45,
     }
     for name, area in expected.items():
@@ -54,6 +53,34 @@ def test_shapes_fit_the_unit_disc_and_differ_from_each_other():
         assert np.hypot(u[m], v[m]).max() <= 1.0, name
     for (a, ma), (b, mb) in itertools.combinations(masks.items(), 2):
         assert (ma & mb).sum() / (ma | mb).sum() < 0.9, (a, b)
+
+
+def test_no_shape_maps_onto_itself_under_a_quarter_turn():
+    """Upright shapes without 90°/180°/270° symmetry: the rotation of a scene is identifiable (RotNet)."""
+    u, v, _ = _unit_grid(601)
+    for name, fn in SHAPES.items():
+        m = fn(u, v)
+        for k in (1, 2, 3):
+            turned = np.rot90(m, k)
+            assert (m & turned).sum() / (m | turned).sum() < 0.85, (name, k)
+
+
+def test_objects_stand_upright_and_redraws_keep_only_their_geometry():
+    from sslx.data.scenes import MAX_TILT, redraw_scene
+
+    ds = ScenesDataset("train", objects="pair", size=48)
+    for i in range(48):
+        spec = ds.scene(i)
+        view = redraw_scene(spec, np.random.default_rng(i))
+        for a, b in zip(spec.objects, view.objects):
+            assert abs(a.angle) <= MAX_TILT
+            assert (a.class_id, a.radius, a.angle, a.aspect) == (b.class_id, b.radius, b.angle, b.aspect)
+        assert [o.center for o in spec.objects] != [o.center for o in view.objects]
+        assert spec.background.base != view.background.base
+        rendered = render_scene(view, 64)
+        assert set(np.unique(rendered.instance)) == {0, 1, 2}
+    with pytest.raises(TypeError, match="SceneSpec"):
+        redraw_scene("scene", np.random.default_rng(0))
 
 
 # ---------------------------------------------------------------- determinism
@@ -342,7 +369,7 @@ def test_scenes_datamodule_loaders():
 # ---------------------------------------------------------------- ImageFolderDataModule
 def _write_folder(root: Path, masks: Path | None = None) -> None:
     """Two classes × three images: solid colours (64×64) and a 64-wide, 80-tall image with a mask pattern."""
-    for c, name in enumerate(("circle", "square")):
+    for c, name in enumerate(("drop", "house")):
         (root / name).mkdir(parents=True)
         if masks is not None:
             (masks / name).mkdir(parents=True)
@@ -361,7 +388,7 @@ def test_image_folder_datamodule_reads_images_labels_and_masks(tmp_path):
     _write_folder(tmp_path / "images", tmp_path / "masks")
     dm = ImageFolderDataModule(tmp_path / "images", tmp_path / "masks", resolution=64, resize=64,
                                val_fraction=1 / 3, batch_size=4)
-    assert dm.classes == ("circle", "square") and dm.num_classes == 2
+    assert dm.classes == ("drop", "house") and dm.num_classes == 2
     batches = list(dm.test_dataloader())
     labels = torch.cat([b["label"] for b in batches]).tolist()
     assert labels == [0, 0, 0, 1, 1, 1]
@@ -410,16 +437,16 @@ def test_image_folder_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="cats.*contains no images"):
         ImageFolderDataModule(tmp_path / "noimg")
     _write_folder(tmp_path / "images", tmp_path / "masks")
-    (tmp_path / "masks" / "square" / "img1.png").unlink()
-    with pytest.raises(FileNotFoundError, match=r"1 of 6 images have no mask.*square.img1\.png"):
+    (tmp_path / "masks" / "house" / "img1.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"1 of 6 images have no mask.*house.img1\.png"):
         ImageFolderDataModule(tmp_path / "images", tmp_path / "masks")
     with pytest.raises(FileNotFoundError, match="masks folder"):
         ImageFolderDataModule(tmp_path / "images", tmp_path / "no_masks")
-    Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "masks" / "square" / "img1.png")
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "masks" / "house" / "img1.png")
     ds = ImageFolderDataset(tmp_path / "images", tmp_path / "masks", resolution=32)
     with pytest.raises(ValueError, match=r"img1\.png.*10×10 but its image"):
         ds[4]
-    (tmp_path / "images" / "square" / "img0.png").write_bytes(b"garbage")
+    (tmp_path / "images" / "house" / "img0.png").write_bytes(b"garbage")
     with pytest.raises(ValueError, match=r"cannot read image .*img0\.png"):
         ds[3]
     with pytest.raises(ValueError, match="val_fraction"):

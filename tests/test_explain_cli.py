@@ -137,10 +137,10 @@ def test_default_model_is_the_embedded_supervised_vgg() -> None:
 @pytest.mark.skipif(not asset_path("vgg").is_file(), reason="embedded supervised VGG asset not trained yet")
 def test_cli_on_the_embedded_vgg_names_the_scene_class(tmp_path: Path) -> None:
     scenes = ScenesDataset("test", size=12)
-    Image.fromarray(scenes.render(0).image.transpose(1, 2, 0)).save(tmp_path / "circle.png")
-    result = run_cli("circle.png", "--out", "vgg.png", cwd=tmp_path)
+    Image.fromarray(scenes.render(0).image.transpose(1, 2, 0)).save(tmp_path / "drop.png")
+    result = run_cli("drop.png", "--out", "vgg.png", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(f"circle.png: predicted {SCENE_CLASSES[scenes[0]['label']]} (class 0, p=")
+    assert result.stdout.startswith(f"drop.png: predicted {SCENE_CLASSES[scenes[0]['label']]} (class 0, p=")
     assert (tmp_path / "vgg.png").is_file()
 
 
@@ -170,7 +170,7 @@ def test_missing_image_fails_with_exit_2_and_no_traceback(files: dict[str, Path]
     (["--model", "alexnet9"], "unknown model 'alexnet9': neither an embedded model (vgg, resnet, rotnet, sela, scan)"),
     (["--target", "12"], "--target 12 is out of range: the model has 12 classes (0..11)"),
     (["--target", "-1"], "--target -1 is out of range"),
-    (["--target", "banana"], "--target must be 'top', a class id or a class name, got 'banana'; class names are circle"),
+    (["--target", "banana"], "--target must be 'top', a class id or a class name, got 'banana'; class names are drop"),
     (["--method", "agf,magic"], "unknown method magic; available: "),
     (["--out", "out.jpg"], "--out must be a .png file, got 'out.jpg'"),
     (["--out", "no/such/dir/out.png"], "--out folder 'no/such/dir' does not exist"),
