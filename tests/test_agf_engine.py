@@ -5,7 +5,7 @@ import torch.nn as nn
 import torchvision
 
 from sslx import AGF, explain
-from sslx.attribution.agf_rules import factorization
+from sslx.attribution.agf_conv import factorization
 from sslx.attribution.graph import UnsupportedOperationError
 from sslx.attribution.numerics import delta_shift, safe_divide
 

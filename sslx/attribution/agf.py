@@ -10,11 +10,11 @@ import torch.nn as nn
 from torch import Tensor
 
 from .._validate import check_image_batch, check_model_matches, resolve_targets
-from .agf_rules import RESIDUALS, AGFOptions, conv_rule, first_conv_zb, head_attribution, linear_rule
+from .agf_conv import conv_rule
+from .agf_rules import RESIDUALS, AGFOptions, first_conv_zb, head_attribution, linear_rule
 from .graph import CONV, LINEAR, ModelGraph, Step
 from .numerics import per_image_max
 from .propagation import Grad, propagate, structural_rule
-from .weights import DerivedWeights
 
 
 class AGF:
@@ -32,7 +32,6 @@ class AGF:
         self.model = model
         self.options = AGFOptions(use_a, use_fx, use_fgrad, use_m, use_gate, residual)
         self.graph = ModelGraph(model)
-        self._weights = DerivedWeights()
         self._override_conv_roles(set(flat_convs), "flat")
         self._override_conv_roles(set(full_convs), "full")
 
@@ -63,16 +62,19 @@ class AGF:
             head_input = self.graph.head.inputs[0]
             phi, grad = head_attribution(head.weight, head.bias, env[head_input], t)
             _warn_if_saturated(phi)
-            relevance = propagate(self.graph, env, head_input, phi, grad, lambda *a: self._rule(env, *a))
+            shapes = {s.boundary_source: env[s.boundary_source].shape for s in self.graph.layers(LINEAR)
+                      if s.boundary_source is not None}
+            del logits
+            relevance = propagate(self.graph, env, head_input, phi, grad, lambda *a: self._rule(shapes, *a),
+                                  release=True)
         if relevance.shape != x.shape:
             raise RuntimeError(f"input relevance has shape {tuple(relevance.shape)}, expected {tuple(x.shape)}")
         if not normalize:
             return relevance.sum(dim=1, keepdim=True)
-        top = per_image_max(relevance)
-        scaled = torch.where(top != 0, relevance / torch.where(top != 0, top, torch.ones_like(top)), 0.0)
-        return scaled.sum(dim=1, keepdim=True)
+        top = per_image_max(relevance)  # the reference divides by the plain signed maximum (no guard)
+        return (relevance / torch.where(top != 0, top, torch.inf)).sum(dim=1, keepdim=True)
 
-    def _rule(self, env: dict[fx.Node, Any], step: Step, inputs: list, y: Tensor, r: Tensor,
+    def _rule(self, shapes: dict[fx.Node, torch.Size], step: Step, inputs: list, y: Tensor, r: Tensor,
               g: Grad) -> tuple[list, list]:
         generic = structural_rule(step, inputs, y, r, g)
         if generic is not None:
@@ -80,14 +82,12 @@ class AGF:
         x = inputs[0]
         if step.kind == CONV:
             if step.role == "first":
-                return [first_conv_zb(step, x, r, self._weights)], [None]
-            rel, g_in = conv_rule(step, x, r, g, self.options, self._weights)
+                return [first_conv_zb(step, x, r)], [None]
+            rel, g_in = conv_rule(step, x, r, g, self.options)
             return [rel], [g_in]
         if step.kind == LINEAR:
-            shape = env[step.boundary_source].shape if step.boundary_source is not None else None
-            if shape is not None and len(shape) != 4:
-                shape = None
-            rel, g_in = linear_rule(step, x, r, g, shape, self._weights)
+            shape = shapes.get(step.boundary_source)
+            rel, g_in = linear_rule(step, x, r, g, shape if shape is not None and len(shape) == 4 else None)
             return [rel], [g_in]
         raise NotImplementedError(f"AGF has no rule for {step.kind} step '{step.node.name}'")
 

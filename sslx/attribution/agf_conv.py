@@ -1,0 +1,108 @@
+"""AGF's convolution rule: the C-rule ("flat" convs) and full AGF (factorization, M, gate, A-rule, Δ-shift).
+
+Every N-sized pass is counted: buffers this rule allocates are updated in place, masks are float
+multiplications, and the one host read (whether the masked gradient differs) skips a transposed conv.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .agf_rules import AGFOptions, conv_forward, conv_of_ones, conv_transpose
+from .graph import Step
+from .numerics import (STABILIZER, delta_shift, delta_shift_, guarded_denominator, nonzero, normalize_by_max,
+                       per_image_max, safe_divide, safe_divide_nonnegative_)
+
+
+def side_masks(phi: Tensor) -> Tensor:
+    """B×HW×2 float indicators of φ < 0 (background) and φ > 0 (foreground); φ = 0 belongs to neither."""
+    flat = phi.reshape(phi.shape[0], -1)
+    return torch.stack([flat < 0, flat > 0], dim=2).to(phi.dtype)
+
+
+def factorization(y: Tensor, phi: Tensor) -> Tensor:
+    """Guided factorization F(Y, φ): foreground minus background weight of a ridge fit, B×1×H×W."""
+    return factorize(y, side_masks(phi))
+
+
+def factorize(y: Tensor, masks: Tensor) -> Tensor:
+    """`factorization` with the side masks of φ given (they are shared by F_x and F_∇x)."""
+    b, c = y.shape[:2]
+    scale = 10 / guarded_denominator(per_image_max(y))  # H = sigmoid(10·Y/max Y); max = 0 gives Y/max = 0
+    h = torch.mul(y, scale).sigmoid_().reshape(b, c, -1)
+    reps = safe_divide(torch.bmm(h, masks), masks.sum(dim=1)[:, None, :])  # B×C×2: [R_b, R_f]
+    rt = reps.transpose(1, 2)
+    # Ridge with λ = 1: W = (RᵀR + I)⁻¹ RᵀH, the 2×2 inverse in closed form.
+    gram = rt @ reps
+    p, q, r = gram[:, 0, 0] + 1, gram[:, 0, 1], gram[:, 1, 1] + 1
+    det = p * r - q * q
+    inverse = torch.stack([torch.stack([r, -q], 1), torch.stack([-q, p], 1)], 1) / det[:, None, None]
+    w = torch.relu(torch.bmm(inverse @ rt, h))  # B×2×HW
+    return (w[:, 1] - w[:, 0]).reshape((b, 1) + y.shape[2:])
+
+
+def conv_rule(step: Step, x: Tensor, r: Tensor, g: Tensor | None,
+              opts: AGFOptions) -> tuple[Tensor, Tensor | None]:
+    """Relevance and gradient at a convolution's input: C-rule for "flat" convs, full AGF otherwise."""
+    m = step.module
+    w = m.weight.detach()
+    full = step.role == "full" and opts.residual != "none"
+    use_a = full and opts.use_a
+    g_in = None if g is None else conv_transpose(m, g, w, x.shape)
+    wa, xa = w.abs(), x.abs()
+    n = r.shape[0]
+    # C-rule (and A-rule) quotients side by side, so that one transposed conv with |W| serves both.
+    s = r.new_empty(((2 if use_a else 1) * n,) + r.shape[1:])
+    safe_divide_nonnegative_(r, conv_forward(m, xa, wa), out=s[:n])
+    if use_a:  # the A-rule's input is all ones: its denominators conv(1, |W|) do not depend on x
+        torch.div(r, _guarded(conv_of_ones(m, wa, x.shape)), out=s[n:])
+    back = conv_transpose(m, s, wa, x.shape)
+    del s
+    c = back[:n].mul_(xa)
+    del xa
+    if not full:
+        return c, g_in
+    if g is None:
+        raise ValueError(f"full AGF at '{step.node.name}' needs the gradient at the layer's output")
+    res = _residual(step, x, r, g, g_in, c, back[n:] if use_a else None, opts)
+    if res is None:  # every residual term is switched off: Φ = C
+        return c, g_in
+    return (delta_shift_(c, res) if res.shape == c.shape else delta_shift(c, res)), g_in
+
+
+def _guarded(z: Tensor) -> Tensor:
+    """z + 1e-9 where z != 0 and +inf where z == 0, for z >= 0: r / it is safe_divide(r, z)."""
+    return (z + STABILIZER).div_(nonzero(z))
+
+
+def _residual(step: Step, x: Tensor, r: Tensor, g: Tensor, g_in: Tensor, c: Tensor, a: Tensor | None,
+              opts: AGFOptions) -> Tensor | None:
+    """r = gate(numer) + F_∇x + A before masking (None when every term is off); `a` is A, a buffer to reuse."""
+    m = step.module
+    g_masked = g_in
+    if opts.use_fgrad or opts.residual == "gradcam":
+        masked = g * nonzero(r)
+        if not torch.equal(masked, g):  # usually equal: the gradient is already 0 wherever Φ is
+            g_masked = conv_transpose(m, masked, m.weight.detach(), x.shape)
+        del masked
+    masks = side_masks(c.mean(dim=1, keepdim=True))
+    numer = None
+    if opts.residual == "gradcam":
+        numer = torch.relu((x * g_masked.mean(dim=(2, 3), keepdim=True)).mean(dim=1, keepdim=True))
+    else:
+        if opts.use_fx:
+            numer = torch.relu(factorize(x, masks))
+        if opts.use_m:
+            mm = normalize_by_max(torch.relu((x * g_in).mean(dim=1, keepdim=True)))
+            numer = mm if numer is None else numer.add_(mm)
+    res = a
+    if numer is not None:
+        if opts.use_gate:  # numer / (1 + e^(−C)): the denominator is >= 1, so the guard only adds 1e-9
+            den = torch.neg(c).exp_().add_(1).add_(STABILIZER)
+            res = torch.div(numer, den, out=den) if res is None else res.addcdiv_(numer, den)
+        else:
+            res = numer if res is None else res.add_(numer)
+    if opts.use_fgrad:
+        fg = torch.relu(factorize(g_masked, masks))
+        res = fg if res is None else res.add_(fg)
+    return res
