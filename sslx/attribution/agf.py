@@ -12,7 +12,7 @@ from torch import Tensor
 from .._validate import check_image_batch, check_model_matches, resolve_targets
 from .agf_conv import conv_rule
 from .agf_rules import RESIDUALS, AGFOptions, first_conv_zb, head_attribution, linear_rule
-from .graph import CONV, LINEAR, ModelGraph, Step
+from .graph import ADD, CONV, LINEAR, POOL, RELU, ModelGraph, Step
 from .numerics import per_image_max
 from .propagation import Grad, propagate, structural_rule
 
@@ -32,6 +32,7 @@ class AGF:
         self.model = model
         self.options = AGFOptions(use_a, use_fx, use_fgrad, use_m, use_gate, residual)
         self.graph = ModelGraph(model)
+        self._needed = _values_read_backwards(self.graph)
         self._override_conv_roles(set(flat_convs), "flat")
         self._override_conv_roles(set(full_convs), "full")
 
@@ -53,7 +54,7 @@ class AGF:
         check_image_batch(x, "x", channels=None)
         check_model_matches(self.model, x)
         with torch.no_grad():
-            env = self.graph.run(x)
+            env = self.graph.run(x, keep=self._needed.__contains__)
             logits = env[self.graph.head.node]
             if not isinstance(logits, Tensor) or logits.dim() != 2:
                 raise ValueError(f"the model must return B×K logits, got shape {tuple(getattr(logits, 'shape', ()))}")
@@ -90,6 +91,23 @@ class AGF:
             rel, g_in = linear_rule(step, x, r, g, shape if shape is not None and len(shape) == 4 else None)
             return [rel], [g_in]
         raise NotImplementedError(f"AGF has no rule for {step.kind} step '{step.node.name}'")
+
+
+def _values_read_backwards(graph: ModelGraph) -> set[fx.Node]:
+    """Nodes whose values AGF's rules read (the rest need only their shapes once the forward pass is done)."""
+    needed = {graph.head.node}
+    consumers = graph.consumers()
+    for node, step in graph.steps.items():
+        if len(consumers.get(node, ())) > 1:  # a fork merges its parts with its value
+            needed.add(node)
+        if step.kind in (CONV, LINEAR):
+            needed.add(step.inputs[0])
+        elif step.kind == RELU:  # the ReLU rule needs its output only
+            needed.add(node)
+        elif step.kind in (POOL, ADD):
+            needed.add(node)
+            needed.update(step.inputs)
+    return needed
 
 
 def _warn_if_saturated(phi: Tensor) -> None:

@@ -49,7 +49,7 @@ def conv_rule(step: Step, x: Tensor, r: Tensor, g: Tensor | None,
     full = step.role == "full" and opts.residual != "none"
     use_a = full and opts.use_a
     g_in = None if g is None else conv_transpose(m, g, w, x.shape)
-    wa, xa = w.abs(), x.abs()
+    wa, xa = w.abs(), (x if step.nonnegative_input else x.abs())
     n = r.shape[0]
     # C-rule (and A-rule) quotients side by side, so that one transposed conv with |W| serves both.
     s = r.new_empty(((2 if use_a else 1) * n,) + r.shape[1:])

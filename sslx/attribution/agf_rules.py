@@ -50,9 +50,24 @@ def conv_forward(m, x: Tensor, weight: Tensor) -> Tensor:
 
 
 def conv_transpose(m, out: Tensor, weight: Tensor, input_shape: torch.Size) -> Tensor:
-    """The adjoint of `conv_forward` (a transposed convolution back to the input's shape)."""
+    """The adjoint of `conv_forward` (a transposed convolution back to the input's shape).
+
+    With stride 1 and one group it is a forward convolution with the flipped, transposed kernel, which
+    the CPU backends run faster than their backward-data kernels.
+    """
     shape = (out.shape[0],) + tuple(input_shape[1:])
-    return conv2d_input(shape, weight, out, m.stride, m.padding, m.dilation, m.groups)
+    pad = _adjoint_padding(m, weight)
+    if pad is None:
+        return conv2d_input(shape, weight, out, m.stride, m.padding, m.dilation, m.groups)
+    return F.conv2d(out, weight.transpose(0, 1).flip(2, 3), None, 1, pad, m.dilation)
+
+
+def _adjoint_padding(m, weight: Tensor) -> tuple[int, int] | None:
+    """Padding of the forward conv that equals the adjoint of a stride-1, single-group conv; None otherwise."""
+    if m.groups != 1 or tuple(m.stride) != (1, 1) or isinstance(m.padding, str):
+        return None
+    pad = tuple(d * (k - 1) - p for d, k, p in zip(m.dilation, weight.shape[2:], m.padding))
+    return pad if min(pad) >= 0 else None
 
 
 def conv_of_ones(m, weight: Tensor, input_shape: torch.Size) -> Tensor:
@@ -64,12 +79,13 @@ def conv_of_ones(m, weight: Tensor, input_shape: torch.Size) -> Tensor:
 
 
 # -- Linear layers -------------------------------------------------------------------------------
-def linear_c_rule(x: Tensor, weight: Tensor, r: Tensor, g: Tensor | None) -> tuple[Tensor, Tensor | None]:
+def linear_c_rule(x: Tensor, weight: Tensor, r: Tensor, g: Tensor | None,
+                  nonnegative: bool = False) -> tuple[Tensor, Tensor | None]:
     """C = G(|x|, |W|, Φ) (LRP-0 with absolute inputs and weights, no bias) and the input gradient g @ W.
 
     Each output unit's rule is independent, so W is read in blocks of rows: |W| exists one block at a time.
     """
-    xa = x.abs()
+    xa = x if nonnegative else x.abs()
     rows = max(1, LINEAR_BLOCK_BYTES // max(1, weight.shape[1] * weight.element_size()))
     back = g_in = None
     for start in range(0, weight.shape[0], rows):
@@ -80,12 +96,12 @@ def linear_c_rule(x: Tensor, weight: Tensor, r: Tensor, g: Tensor | None) -> tup
         if g is not None:
             gb = g[:, start:start + rows]
             g_in = gb @ w if g_in is None else g_in.addmm_(gb, w)
-    return back.mul_(xa), g_in
+    return back.mul_(xa), g_in  # `back` is this rule's own buffer
 
 
 def linear_rule(step: Step, x: Tensor, r: Tensor, g: Tensor, boundary_shape: torch.Size | None) -> tuple[Tensor, Tensor]:
     """C-rule for Linear layers; at the flatten boundary, Δ-shifted by the feature map's M."""
-    c, g_in = linear_c_rule(x, step.module.weight, r, g)
+    c, g_in = linear_c_rule(x, step.module.weight.detach(), r, g, step.nonnegative_input)
     if boundary_shape is None:
         return c, g_in
     x4, g4 = x.reshape(boundary_shape), g_in.reshape(boundary_shape)

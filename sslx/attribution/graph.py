@@ -40,6 +40,7 @@ class Step:
     op: Callable[[Tensor], Tensor] | None = None  # the node's function of its single tensor input
     role: str = ""  # conv: "first" | "flat" | "full"; linear: "head" | "boundary" | "plain"
     boundary_source: fx.Node | None = None  # linear "boundary": the feature map its input was flattened from
+    nonnegative_input: bool = False  # conv/linear: the input is a ReLU output (through pools and reshapes)
     inputs: list[fx.Node] = field(default_factory=list)  # tensor-valued inputs that carry relevance
 
 
@@ -202,6 +203,9 @@ class ModelGraph:
         self.head.role = "head"
         consumers = self.consumers()
         for node, step in self.steps.items():
+            if step.kind in (CONV, LINEAR):
+                source = self._skip_back(step.inputs[0], (PASS, RESHAPE, POOL))
+                step.nonnegative_input = self.steps[source].kind == RELU
             if step.kind == CONV:
                 step.role = self._conv_role(step, consumers)
             elif step.kind == LINEAR and step is not self.head:
@@ -246,14 +250,35 @@ class ModelGraph:
         return [s for s in self.steps.values() if s.kind == kind]
 
     # -- execution -----------------------------------------------------------------------------
-    def run(self, x: Tensor) -> dict[fx.Node, Any]:
-        """Evaluate every node in inference mode (BatchNorm uses running stats, Dropout is identity)."""
+    def run(self, x: Tensor, keep: Callable[[fx.Node], bool] | None = None) -> dict[fx.Node, Any]:
+        """Evaluate every node in inference mode (BatchNorm uses running stats, Dropout is identity).
+
+        With `keep`, a tensor for which keep(node) is false is replaced by a shape-only stand-in (a meta
+        tensor) as soon as the forward pass has used it for the last time.
+        """
         env: dict[fx.Node, Any] = {self.input_node: x}
+        dies_at = self._last_readers() if keep is not None else {}
         for node, step in self.steps.items():
             if step.kind == INPUT:
                 continue
             env[node] = self._eval(node, step, env)
+            for dead in dies_at.get(node, ()):
+                value = env[dead]
+                if isinstance(value, Tensor) and not keep(dead):
+                    env[dead] = torch.empty(value.shape, dtype=value.dtype, device="meta")
         return env
+
+    def _last_readers(self) -> dict[fx.Node, list[fx.Node]]:
+        """Map a node to the values it is the last forward reader of."""
+        if "_dies_at" not in self.__dict__:
+            position = {node: i for i, node in enumerate(self.steps)}
+            dies_at: dict[fx.Node, list[fx.Node]] = {}
+            for node in self.steps:
+                readers = [u for u in node.users if u in position]
+                if readers and len(readers) == len(node.users):  # values the output reads stay
+                    dies_at.setdefault(max(readers, key=position.__getitem__), []).append(node)
+            self._dies_at = dies_at
+        return self._dies_at
 
     def _eval(self, node: fx.Node, step: Step, env: dict[fx.Node, Any]) -> Any:
         if node.op == "get_attr":
