@@ -9,9 +9,9 @@ import torch.fx as fx
 import torch.nn as nn
 from torch import Tensor
 
-from .._validate import check_image_batch, check_model_matches, resolve_targets
 from .agf_conv import conv_rule
 from .agf_rules import RESIDUALS, AGFOptions, first_conv_zb, head_attribution, linear_rule
+from .forward import run_model
 from .graph import ADD, CONV, LINEAR, POOL, RELU, ModelGraph, Step
 from .numerics import per_image_max
 from .propagation import Grad, propagate, structural_rule
@@ -51,14 +51,8 @@ class AGF:
 
     def attribute(self, x: Tensor, target: Any = None, *, normalize: bool = True) -> Tensor:
         """Heatmaps B×1×H×W for `target` (None = top-1, int, or LongTensor[B]); dtype/device follow x."""
-        check_image_batch(x, "x", channels=None)
-        check_model_matches(self.model, x)
+        env, logits, t = run_model(self.graph, x, target, keep=self._needed.__contains__)
         with torch.no_grad():
-            env = self.graph.run(x, keep=self._needed.__contains__)
-            logits = env[self.graph.head.node]
-            if not isinstance(logits, Tensor) or logits.dim() != 2:
-                raise ValueError(f"the model must return B×K logits, got shape {tuple(getattr(logits, 'shape', ()))}")
-            t = resolve_targets(target, logits)
             head = self.graph.head.module
             head_input = self.graph.head.inputs[0]
             phi, grad = head_attribution(head.weight, head.bias, env[head_input], t)

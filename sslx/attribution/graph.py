@@ -124,6 +124,15 @@ def _classify_call(node: fx.Node) -> Step:
     raise UnsupportedOperationError(f"unsupported operation at {_describe(node)}")
 
 
+class _HookFreeTracer(fx.Tracer):
+    """torch.fx tracer that calls submodules' `forward` directly, so hooks other tools left on the model
+    (e.g. Grad-CAM's activation and gradient hooks) are not run on the tracer's proxies; the graph
+    is the model's own function, and `ModelGraph.run` never runs module hooks either."""
+
+    def call_module(self, m: nn.Module, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        return super().call_module(m, m.forward, args, kwargs)
+
+
 class ModelGraph:
     """A traced model: typed steps in topological order, runnable without touching the model's state."""
 
@@ -132,7 +141,9 @@ class ModelGraph:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
         try:
-            self.graph_module = fx.symbolic_trace(model)
+            tracer = _HookFreeTracer()
+            graph = tracer.trace(model)
+            self.graph_module = fx.GraphModule(tracer.root, graph, type(model).__name__)
         except Exception as exc:  # fx raises many types for untraceable code
             raise UnsupportedOperationError(
                 f"cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {exc}); "
@@ -244,6 +255,16 @@ class ModelGraph:
             for a in step.inputs:
                 users.setdefault(a, []).append(node)
         return users
+
+    def input_layers(self) -> dict[str, int]:
+        """Module path -> expected channels of the Conv2d/BatchNorm layers that read the image directly."""
+        layers = {}
+        for step in self.steps.values():
+            if step.kind in (CONV, NORM) and step.node.op == "call_module" and step.inputs:
+                if self.steps[self._skip_back(step.inputs[0], (PASS, RESHAPE, ADD_CONST))].kind == INPUT:
+                    m = step.module
+                    layers[step.node.target] = m.in_channels if step.kind == CONV else m.num_features
+        return layers
 
     def layers(self, kind: str) -> list[Step]:
         """Steps of one kind in topological order."""
