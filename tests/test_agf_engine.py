@@ -262,3 +262,12 @@ def test_hooks_left_by_other_tools_are_not_traced():
         assert calls == [] and len(model.layer4[-1]._forward_hooks) == 1
     finally:
         handle.remove()
+
+
+def test_walk_split_into_single_images_changes_no_number():
+    model, x = _model("resnet18"), _x(3)
+    whole = AGF(model, walk_bytes=0).attribute(x, torch.tensor([2, 7, 2]))
+    split = AGF(model, walk_bytes=1).attribute(x, torch.tensor([2, 7, 2]))  # one image per walk
+    assert (whole - split).abs().max() <= 1e-12 * whole.abs().max()
+    with pytest.raises(ValueError, match="walk_bytes"):
+        AGF(model, walk_bytes=-1)

@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .agf_rules import AGFOptions, conv_forward, conv_of_ones, conv_transpose
+from .agf_rules import AGFOptions
+from .convops import conv_forward, conv_of_ones, conv_transpose
 from .graph import Step
 from .numerics import (STABILIZER, delta_shift, delta_shift_, guarded_denominator, nonzero, normalize_by_max,
                        per_image_max, safe_divide, safe_divide_nonnegative_)
@@ -64,10 +65,10 @@ def conv_rule(step: Step, x: Tensor, r: Tensor, g: Tensor | None,
         return c, g_in
     if g is None:
         raise ValueError(f"full AGF at '{step.node.name}' needs the gradient at the layer's output")
-    res = _residual(step, x, r, g, g_in, c, back[n:] if use_a else None, opts)
-    if res is None:  # every residual term is switched off: Φ = C
+    full_part, pixel_part = _residual(step, x, r, g, g_in, c, back[n:] if use_a else None, opts)
+    if full_part is None and pixel_part is None:  # every residual term is switched off: Φ = C
         return c, g_in
-    return (delta_shift_(c, res) if res.shape == c.shape else delta_shift(c, res)), g_in
+    return delta_shift_(c, full_part, pixel_part), g_in
 
 
 def _guarded(z: Tensor) -> Tensor:
@@ -76,8 +77,9 @@ def _guarded(z: Tensor) -> Tensor:
 
 
 def _residual(step: Step, x: Tensor, r: Tensor, g: Tensor, g_in: Tensor, c: Tensor, a: Tensor | None,
-              opts: AGFOptions) -> Tensor | None:
-    """r = gate(numer) + F_∇x + A before masking (None when every term is off); `a` is A, a buffer to reuse."""
+              opts: AGFOptions) -> tuple[Tensor | None, Tensor | None]:
+    """The residual r = gate(numer) + F_∇x + A, unmasked, as (C-shaped part, B×1×H×W part broadcast over
+    channels); a part is None when its terms are off. `a` is A, a buffer this rule owns and reuses."""
     m = step.module
     g_masked = g_in
     if opts.use_fgrad or opts.residual == "gradcam":
@@ -95,14 +97,16 @@ def _residual(step: Step, x: Tensor, r: Tensor, g: Tensor, g_in: Tensor, c: Tens
         if opts.use_m:
             mm = normalize_by_max(torch.relu((x * g_in).mean(dim=1, keepdim=True)))
             numer = mm if numer is None else numer.add_(mm)
-    res = a
-    if numer is not None:
-        if opts.use_gate:  # numer / (1 + e^(−C)): the denominator is >= 1, so the guard only adds 1e-9
-            den = torch.neg(c).exp_().add_(1).add_(STABILIZER)
-            res = torch.div(numer, den, out=den) if res is None else res.addcdiv_(numer, den)
-        else:
-            res = numer if res is None else res.add_(numer)
+    full, pixel = a, None
+    if numer is not None and opts.use_gate:
+        # numer / (1 + e^(−C) + 1e-9): the reference's safe divide of a denominator >= 1 (numer·sigmoid(C)
+        # would save two passes but move float64 parity from 1e-14 to 1e-10)
+        den = torch.neg(c).exp_().add_(1 + STABILIZER)
+        full = torch.div(numer, den, out=den) if full is None else full.addcdiv_(numer, den)
+        del den
+    elif numer is not None:
+        pixel = numer
     if opts.use_fgrad:
         fg = torch.relu(factorize(g_masked, masks))
-        res = fg if res is None else res.add_(fg)
-    return res
+        pixel = fg if pixel is None else pixel.add_(fg)
+    return full, pixel

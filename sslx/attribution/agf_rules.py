@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.nn.grad import conv2d_input
 
+from .convops import conv_forward, conv_of_ones, conv_transpose
 from .graph import Step
 from .numerics import (delta_shift, nonzero, normalize_by_max, per_image_max, per_image_min, safe_divide,
                        safe_divide_nonnegative_)
@@ -41,41 +41,6 @@ def head_attribution(weight: Tensor, bias: Tensor | None, x: Tensor, target: Ten
         y_hat = torch.softmax(yt * torch.exp(-0.5 * ((y - yt) / sigma) ** 2), dim=1)
         (grad,) = torch.autograd.grad(y_hat.gather(1, target[:, None]).sum(), xg)
     return x * grad, grad
-
-
-# -- convolution helpers -------------------------------------------------------------------------
-def conv_forward(m, x: Tensor, weight: Tensor) -> Tensor:
-    """The step's convolution geometry applied with another weight, without bias."""
-    return F.conv2d(x, weight, None, m.stride, m.padding, m.dilation, m.groups)
-
-
-def conv_transpose(m, out: Tensor, weight: Tensor, input_shape: torch.Size) -> Tensor:
-    """The adjoint of `conv_forward` (a transposed convolution back to the input's shape).
-
-    With stride 1 and one group it is a forward convolution with the flipped, transposed kernel, which
-    the CPU backends run faster than their backward-data kernels.
-    """
-    shape = (out.shape[0],) + tuple(input_shape[1:])
-    pad = _adjoint_padding(m, weight)
-    if pad is None:
-        return conv2d_input(shape, weight, out, m.stride, m.padding, m.dilation, m.groups)
-    return F.conv2d(out, weight.transpose(0, 1).flip(2, 3), None, 1, pad, m.dilation)
-
-
-def _adjoint_padding(m, weight: Tensor) -> tuple[int, int] | None:
-    """Padding of the forward conv that equals the adjoint of a stride-1, single-group conv; None otherwise."""
-    if m.groups != 1 or tuple(m.stride) != (1, 1) or isinstance(m.padding, str):
-        return None
-    pad = tuple(d * (k - 1) - p for d, k, p in zip(m.dilation, weight.shape[2:], m.padding))
-    return pad if min(pad) >= 0 else None
-
-
-def conv_of_ones(m, weight: Tensor, input_shape: torch.Size) -> Tensor:
-    """conv(1, W) for an all-ones input of `input_shape`, as a 1×C_out×H'×W' map (summing W over C_in first)."""
-    groups = m.groups
-    w = weight.reshape((groups, -1) + weight.shape[1:]).sum(dim=2).reshape((-1, 1) + weight.shape[2:])
-    ones = weight.new_ones((1, groups) + tuple(input_shape[2:]))
-    return F.conv2d(ones, w, None, m.stride, m.padding, m.dilation, groups)
 
 
 # -- Linear layers -------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .convops import is_pointwise, pointwise_conv
+
 # Kinds of step the propagation rules know.
 CONV, LINEAR, NORM, RELU, POOL, PASS, RESHAPE, ADD, ADD_CONST, INPUT, META = (
     "conv", "linear", "norm", "relu", "pool", "pass", "reshape", "add", "add_const", "input", "meta",
@@ -308,6 +310,8 @@ class ModelGraph:
         kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
         m = step.module
         if step.kind == CONV:
+            if is_pointwise(m):
+                return pointwise_conv(args[0], m.weight, m.bias)
             return F.conv2d(args[0], m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
         if step.kind == LINEAR:
             return F.linear(args[0], m.weight, m.bias)

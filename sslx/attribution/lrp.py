@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .agf_rules import conv_forward, conv_transpose
+from .convops import conv_forward, conv_transpose
 from .forward import run_model
 from .graph import CONV, LINEAR, NORM, PASS, RELU, ModelGraph, Step, UnsupportedOperationError
 from .numerics import STABILIZER, per_image_max, per_image_min, per_image_sum, safe_divide

@@ -81,17 +81,24 @@ def delta_shift(c: Tensor, r: Tensor) -> Tensor:
     reference would produce 0/0 = NaN). r may broadcast against C.
     """
     mask = nonzero(c)
-    shift = _shift(mask, per_image_sum(r * mask))
+    shift = per_image_sum(r * mask) / per_image_sum(mask).clamp_min(1)
     return torch.addcmul(c, r - shift, mask)
 
 
-def delta_shift_(c: Tensor, r: Tensor) -> Tensor:
-    """`delta_shift` that overwrites c and r (same shape, buffers the caller owns) and returns c."""
+def delta_shift_(c: Tensor, r: Tensor | None, r_map: Tensor | None = None) -> Tensor:
+    """`delta_shift` by r + r_map, overwriting c and r (C-shaped buffers the caller owns), returned in c.
+
+    r_map (B×1×…, broadcast over channels) is never expanded: its masked sum uses the per-pixel count of
+    C ≠ 0. Either part may be None.
+    """
     mask = nonzero(c)
-    r.sub_(_shift(mask, per_image_dot(r, mask)))
+    per_pixel = mask.sum(dim=1, keepdim=True)  # how many channels of each pixel have C ≠ 0
+    total = per_image_dot(r, mask) if r is not None else 0
+    if r_map is not None:
+        total = total + per_image_dot(r_map, per_pixel)
+    shift = total / per_image_sum(per_pixel).clamp_min(1)
+    if r is None:
+        r = r_map - shift
+    else:
+        r.sub_(shift if r_map is None else shift - r_map)
     return c.addcmul_(r, mask)
-
-
-def _shift(mask: Tensor, total: Tensor) -> Tensor:
-    count = per_image_sum(mask)
-    return total / count.clamp_min(1)

@@ -8,7 +8,7 @@ import torch.fx as fx
 from torch import Tensor
 
 from .graph import ADD, ADD_CONST, INPUT, NORM, PASS, POOL, RELU, RESHAPE, ModelGraph, Step
-from .numerics import STABILIZER, nonzero, safe_divide
+from .numerics import STABILIZER, safe_divide
 
 Grad = Optional[Tensor]
 # A rule maps (step, input values, output value, relevance at the output, gradient at the output)
@@ -94,7 +94,7 @@ def relu_rule(y: Tensor, r: Tensor, g: Grad) -> tuple[list, list]:
     """`z_rule` for ReLU from its output alone: R_in = Y ⊙ R / (Y + 1e-9) (0 where Y = 0), g_in = g ⊙ 1[Y>0]."""
     rel = torch.add(y, STABILIZER)  # Y >= 0: no zero denominators, and Y = 0 zeroes the product
     rel = torch.div(r, rel, out=rel).mul_(y)
-    return [rel], [None if g is None else g * nonzero(y)]
+    return [rel], [None if g is None else torch.ops.aten.threshold_backward(g, y, 0)]  # g ⊙ 1[Y>0], one pass
 
 
 def norm_grad(step: Step, g: Grad) -> Grad:
