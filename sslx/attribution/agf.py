@@ -12,9 +12,9 @@ from torch import Tensor
 from .agf_conv import conv_rule
 from .agf_rules import RESIDUALS, AGFOptions, first_conv_zb, head_attribution, linear_rule
 from .forward import run_model
-from .graph import ADD, CONV, LINEAR, META, POOL, RELU, ModelGraph, Step
+from .graph import ADD, CONV, LINEAR, META, NORM, POOL, RELU, ModelGraph, Step
 from .numerics import per_image_max
-from .propagation import Grad, propagate, structural_rule
+from .propagation import Grad, norm_scale, propagate, structural_rule
 
 
 CPU_WALK_BYTES = 16 << 20  # below glibc's largest mmap threshold (32 MiB) with room for the 2×-batch buffers
@@ -39,6 +39,8 @@ class AGF:
         self.options = AGFOptions(use_a, use_fx, use_fgrad, use_m, use_gate, residual)
         self.graph = ModelGraph(model)
         self._needed = _values_read_backwards(self.graph)
+        self._norm_after = _norms_after_convs(self.graph)
+        self._folded_norms = {s.node for s in self._norm_after.values()}
         self._override_conv_roles(set(flat_convs), "flat")
         self._override_conv_roles(set(full_convs), "full")
 
@@ -101,6 +103,8 @@ class AGF:
 
     def _rule(self, shapes: dict[fx.Node, torch.Size], step: Step, inputs: list, y: Tensor, r: Tensor,
               g: Grad) -> tuple[list, list]:
+        if step.node in self._folded_norms:  # its gradient factor is applied by the conv before it
+            return [r], [g]
         generic = structural_rule(step, inputs, y, r, g)
         if generic is not None:
             return generic
@@ -108,7 +112,8 @@ class AGF:
         if step.kind == CONV:
             if step.role == "first":
                 return [first_conv_zb(step, x, r)], [None]
-            rel, g_in = conv_rule(step, x, r, g, self.options)
+            norm = self._norm_after.get(step.node)
+            rel, g_in = conv_rule(step, x, r, g, self.options, None if norm is None else norm_scale(norm.module))
             return [rel], [g_in]
         if step.kind == LINEAR:
             shape = shapes.get(step.boundary_source)
@@ -132,6 +137,16 @@ def _values_read_backwards(graph: ModelGraph) -> set[fx.Node]:
             needed.add(node)
             needed.update(step.inputs)
     return needed
+
+
+def _norms_after_convs(graph: ModelGraph) -> dict[fx.Node, Step]:
+    """conv node -> the BatchNorm that is the only reader of its output (its gradient factor can be folded)."""
+    consumers = graph.consumers()
+    out = {}
+    for node, step in graph.steps.items():
+        if step.kind == NORM and graph.steps[step.inputs[0]].kind == CONV and consumers[step.inputs[0]] == [node]:
+            out[step.inputs[0]] = step
+    return out
 
 
 def _warn_if_saturated(phi: Tensor) -> None:

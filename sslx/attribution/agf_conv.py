@@ -42,14 +42,19 @@ def factorize(y: Tensor, masks: Tensor) -> Tensor:
     return (w[:, 1] - w[:, 0]).reshape((b, 1) + y.shape[2:])
 
 
-def conv_rule(step: Step, x: Tensor, r: Tensor, g: Tensor | None,
-              opts: AGFOptions) -> tuple[Tensor, Tensor | None]:
-    """Relevance and gradient at a convolution's input: C-rule for "flat" convs, full AGF otherwise."""
+def conv_rule(step: Step, x: Tensor, r: Tensor, g: Tensor | None, opts: AGFOptions,
+              grad_scale: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """Relevance and gradient at a convolution's input: C-rule for "flat" convs, full AGF otherwise.
+
+    `grad_scale` (per output channel) is a following BatchNorm's gradient factor γ/√(var+ε), folded into
+    the kernel of the gradient's transposed convolution instead of a pass over the gradient.
+    """
     m = step.module
     w = m.weight.detach()
+    wg = w if grad_scale is None else w * grad_scale.reshape((-1,) + (1,) * (w.dim() - 1)).to(w.dtype)
     full = step.role == "full" and opts.residual != "none"
     use_a = full and opts.use_a
-    g_in = None if g is None else conv_transpose(m, g, w, x.shape)
+    g_in = None if g is None else conv_transpose(m, g, wg, x.shape)
     wa, xa = w.abs(), (x if step.nonnegative_input else x.abs())
     n = r.shape[0]
     # C-rule (and A-rule) quotients side by side, so that one transposed conv with |W| serves both.
@@ -65,7 +70,7 @@ def conv_rule(step: Step, x: Tensor, r: Tensor, g: Tensor | None,
         return c, g_in
     if g is None:
         raise ValueError(f"full AGF at '{step.node.name}' needs the gradient at the layer's output")
-    full_part, pixel_part = _residual(step, x, r, g, g_in, c, back[n:] if use_a else None, opts)
+    full_part, pixel_part = _residual(step, x, r, g, wg, g_in, c, back[n:] if use_a else None, opts)
     if full_part is None and pixel_part is None:  # every residual term is switched off: Φ = C
         return c, g_in
     return delta_shift_(c, full_part, pixel_part), g_in
@@ -76,8 +81,8 @@ def _guarded(z: Tensor) -> Tensor:
     return (z + STABILIZER).div_(nonzero(z))
 
 
-def _residual(step: Step, x: Tensor, r: Tensor, g: Tensor, g_in: Tensor, c: Tensor, a: Tensor | None,
-              opts: AGFOptions) -> tuple[Tensor | None, Tensor | None]:
+def _residual(step: Step, x: Tensor, r: Tensor, g: Tensor, wg: Tensor, g_in: Tensor, c: Tensor,
+              a: Tensor | None, opts: AGFOptions) -> tuple[Tensor | None, Tensor | None]:
     """The residual r = gate(numer) + F_∇x + A, unmasked, as (C-shaped part, B×1×H×W part broadcast over
     channels); a part is None when its terms are off. `a` is A, a buffer this rule owns and reuses."""
     m = step.module
@@ -85,7 +90,7 @@ def _residual(step: Step, x: Tensor, r: Tensor, g: Tensor, g_in: Tensor, c: Tens
     if opts.use_fgrad or opts.residual == "gradcam":
         masked = g * nonzero(r)
         if not torch.equal(masked, g):  # usually equal: the gradient is already 0 wherever Φ is
-            g_masked = conv_transpose(m, masked, m.weight.detach(), x.shape)
+            g_masked = conv_transpose(m, masked, wg, x.shape)
         del masked
     masks = side_masks(c.mean(dim=1, keepdim=True))
     numer = None

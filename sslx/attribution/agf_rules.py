@@ -85,9 +85,10 @@ def first_conv_zb(step: Step, x: Tensor, r: Tensor) -> Tensor:
     ones_p, ones_n = conv_of_ones(m, wp, x.shape), conv_of_ones(m, wn, x.shape)  # conv(1, W+), conv(1, W-)
     z = conv_forward(m, x, w).addcmul_(low, ones_p, value=-1).addcmul_(high, ones_n, value=-1)
     s = safe_divide(r, z)
-    if m.groups == 1:  # the three transposed convolutions as one call
-        back = conv_transpose(m, s, torch.cat([w, wp, wn], dim=1), (x.shape[0], 3 * x.shape[1]) + x.shape[2:])
-        bw, bp, bn = back.split(x.shape[1], dim=1)
+    # xᵀ-part: Wᵀs = W⁺ᵀs + W⁻ᵀs, so two transposed convolutions (one call when possible) serve all three terms
+    if m.groups == 1:
+        back = conv_transpose(m, s, torch.cat([wp, wn], dim=1), (x.shape[0], 2 * x.shape[1]) + x.shape[2:])
+        bp, bn = back.split(x.shape[1], dim=1)
     else:
-        bw, bp, bn = (conv_transpose(m, s, v, x.shape) for v in (w, wp, wn))
-    return (x * bw).addcmul_(low, bp, value=-1).addcmul_(high, bn, value=-1)
+        bp, bn = (conv_transpose(m, s, v, x.shape) for v in (wp, wn))
+    return (x * (bp + bn)).addcmul_(low, bp, value=-1).addcmul_(high, bn, value=-1)

@@ -10,43 +10,54 @@ from torch.nn.grad import conv2d_input
 def conv_forward(m, x: Tensor, weight: Tensor) -> Tensor:
     """The step's convolution geometry applied with another weight, without bias."""
     if is_pointwise(m):
-        return pointwise_conv(x, weight)
+        return pointwise_conv(x, weight, stride=tuple(m.stride))
     return F.conv2d(x, weight, None, m.stride, m.padding, m.dilation, m.groups)
 
 
 def is_pointwise(m) -> bool:
-    """A 1×1 convolution with stride 1, no padding and one group: a matrix product over channels."""
-    return (tuple(m.kernel_size) == (1, 1) and tuple(m.stride) == (1, 1) and m.groups == 1
+    """A 1×1 convolution without padding and with one group: a matrix product over channels (strided)."""
+    return (tuple(m.kernel_size) == (1, 1) and m.groups == 1
             and not isinstance(m.padding, str) and tuple(m.padding) == (0, 0))
 
 
-def pointwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """conv2d(x, weight, bias) for a 1×1 kernel as one batched matrix product (oneDNN's NCHW 1×1 kernels are slow)."""
+def pointwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: tuple = (1, 1)) -> Tensor:
+    """conv2d for a 1×1 kernel as one batched matrix product (oneDNN's NCHW 1×1 kernels are slow)."""
+    if tuple(stride) != (1, 1):
+        x = x[:, :, ::stride[0], ::stride[1]]
     n, _, h, w = x.shape
     x = x.reshape(n, x.shape[1], h * w)
-    w2 = weight.reshape(weight.shape[0], -1)
-    out = torch.matmul(w2, x) if bias is None else torch.baddbmm(bias[:, None].expand(n, -1, h * w), w2.expand(n, -1, -1), x)
+    w2 = weight.reshape(weight.shape[0], -1).expand(n, -1, -1)  # a batched product with a stride-0 weight
+    out = torch.bmm(w2, x) if bias is None else torch.baddbmm(bias[:, None].expand(n, -1, h * w), w2, x)
     return out.reshape(n, -1, h, w)
 
 
 def conv_transpose(m, out: Tensor, weight: Tensor, input_shape: torch.Size) -> Tensor:
     """The adjoint of `conv_forward` (a transposed convolution back to the input's shape).
 
-    With stride 1 and one group it is a forward convolution with the flipped, transposed kernel, which
-    the CPU backends run faster than their backward-data kernels.
+    On CPU, with stride 1 and one group it is a forward convolution with the flipped, transposed kernel,
+    which oneDNN runs faster than its backward-data kernel; other strides use its deconvolution.
     """
     shape = (out.shape[0],) + tuple(input_shape[1:])
     if is_pointwise(m):
-        return pointwise_conv(out, weight.transpose(0, 1))
-    pad = _adjoint_padding(m, weight)
-    if pad is None:
-        return conv2d_input(shape, weight, out, m.stride, m.padding, m.dilation, m.groups)
-    return F.conv2d(out, weight.transpose(0, 1).flip(2, 3), None, 1, pad, m.dilation)
+        back = pointwise_conv(out, weight.transpose(0, 1))
+        if tuple(m.stride) == (1, 1):
+            return back
+        full = back.new_zeros(shape)
+        full[:, :, ::m.stride[0], ::m.stride[1]] = back
+        return full
+    if out.device.type == "cpu" and not isinstance(m.padding, str):
+        pad = _adjoint_padding(m, weight)
+        if pad is not None:
+            return F.conv2d(out, weight.transpose(0, 1).flip(2, 3), None, 1, pad, m.dilation)
+        extra = tuple(size - ((o - 1) * s - 2 * p + d * (k - 1) + 1) for size, o, s, p, d, k in
+                      zip(shape[2:], out.shape[2:], m.stride, m.padding, m.dilation, weight.shape[2:]))
+        return F.conv_transpose2d(out, weight, None, m.stride, m.padding, extra, m.groups, m.dilation)
+    return conv2d_input(shape, weight, out, m.stride, m.padding, m.dilation, m.groups)
 
 
 def _adjoint_padding(m, weight: Tensor) -> tuple[int, int] | None:
     """Padding of the forward conv that equals the adjoint of a stride-1, single-group conv; None otherwise."""
-    if m.groups != 1 or tuple(m.stride) != (1, 1) or isinstance(m.padding, str):
+    if m.groups != 1 or tuple(m.stride) != (1, 1):
         return None
     pad = tuple(d * (k - 1) - p for d, k, p in zip(m.dilation, weight.shape[2:], m.padding))
     return pad if min(pad) >= 0 else None

@@ -311,7 +311,7 @@ class ModelGraph:
         m = step.module
         if step.kind == CONV:
             if is_pointwise(m):
-                return pointwise_conv(args[0], m.weight, m.bias)
+                return pointwise_conv(args[0], m.weight, m.bias, tuple(m.stride))
             return F.conv2d(args[0], m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
         if step.kind == LINEAR:
             return F.linear(args[0], m.weight, m.bias)

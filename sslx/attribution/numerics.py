@@ -27,9 +27,17 @@ def safe_divide(a: Tensor, b: Tensor) -> Tensor:
 
     Where b + 1e-9 is exactly 0 (b == -1e-9) the denominator is 1e-9, as in the reference.
     """
+    return torch.mul(a, nonzero(b)).div_(_stabilized(b))
+
+
+def scale_by_quotient(b: Tensor, a: Tensor) -> Tensor:
+    """b ⊙ safe_divide(a, b) without the zero mask, which the factor b makes redundant (a finite)."""
+    return torch.div(a, _stabilized(b)).mul_(b)
+
+
+def _stabilized(b: Tensor) -> Tensor:
     den = b + STABILIZER
-    den.add_(torch.eq(den, 0, out=torch.empty_like(den)), alpha=STABILIZER)
-    return torch.mul(a, nonzero(b)).div_(den)
+    return den.add_(torch.eq(den, 0, out=torch.empty_like(den)), alpha=STABILIZER)
 
 
 def safe_divide_nonnegative_(a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:

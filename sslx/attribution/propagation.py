@@ -8,7 +8,7 @@ import torch.fx as fx
 from torch import Tensor
 
 from .graph import ADD, ADD_CONST, INPUT, NORM, PASS, POOL, RELU, RESHAPE, ModelGraph, Step
-from .numerics import STABILIZER, safe_divide
+from .numerics import STABILIZER, safe_divide, scale_by_quotient
 
 Grad = Optional[Tensor]
 # A rule maps (step, input values, output value, relevance at the output, gradient at the output)
@@ -53,7 +53,7 @@ def propagate(graph: ModelGraph, env: dict[fx.Node, Any], start: fx.Node, releva
 
 def fork_relevance(value: Tensor, parts: list[Tensor]) -> Tensor:
     """Merge the relevance of a tensor used by several layers: X ⊙ safe_divide(ΣR_i, X)."""
-    return value * safe_divide(_total(parts), value)
+    return scale_by_quotient(value, _total(parts))
 
 
 def plain_sum(value: Tensor, parts: list[Tensor]) -> Tensor:
@@ -101,11 +101,13 @@ def norm_grad(step: Step, g: Grad) -> Grad:
     """Gradient through an inference-mode BatchNorm: g ⊙ γ / sqrt(var + eps)."""
     if g is None:
         return None
-    m = step.module
+    return g * norm_scale(step.module).reshape((1, -1) + (1,) * (g.dim() - 2)).to(g.dtype)
+
+
+def norm_scale(m) -> Tensor:
+    """An inference-mode BatchNorm's per-channel gradient factor γ / sqrt(var + eps)."""
     scale = torch.rsqrt(m.running_var + m.eps)
-    if m.weight is not None:
-        scale = scale * m.weight
-    return g * scale.reshape((1, -1) + (1,) * (g.dim() - 2)).to(g.dtype)
+    return scale if m.weight is None else scale * m.weight
 
 
 def structural_rule(step: Step, inputs: list, y: Tensor, r: Tensor, g: Grad) -> tuple[list, list] | None:
