@@ -47,11 +47,17 @@ def conv_rule(step: Step, x: Tensor, r: Tensor, g: Tensor | None, opts: AGFOptio
     """Relevance and gradient at a convolution's input: C-rule for "flat" convs, full AGF otherwise.
 
     `grad_scale` (per output channel) is a following BatchNorm's gradient factor γ/√(var+ε), folded into
-    the kernel of the gradient's transposed convolution instead of a pass over the gradient.
+    the kernel of the gradient's transposed convolution when that is smaller than the gradient.
     """
     m = step.module
     w = m.weight.detach()
-    wg = w if grad_scale is None else w * grad_scale.reshape((-1,) + (1,) * (w.dim() - 1)).to(w.dtype)
+    wg = w
+    if grad_scale is not None and g is not None:
+        scale = grad_scale.to(w.dtype).reshape((-1,) + (1,) * (w.dim() - 1))
+        if g.numel() >= w.numel():  # scaling the kernel is the cheaper pass
+            wg = w * scale
+        else:
+            g = g * scale.reshape(1, -1, 1, 1)
     full = step.role == "full" and opts.residual != "none"
     use_a = full and opts.use_a
     g_in = None if g is None else conv_transpose(m, g, wg, x.shape)

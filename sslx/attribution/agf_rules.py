@@ -13,7 +13,8 @@ from .numerics import (delta_shift, nonzero, normalize_by_max, per_image_max, pe
                        safe_divide_nonnegative_)
 
 RESIDUALS = ("agf", "gradcam", "none")
-LINEAR_BLOCK_BYTES = 8 << 20  # |W| of a Linear layer is made block by block, never stored whole
+LINEAR_BLOCK_BYTES = 1 << 20  # |W| of a Linear layer is made block by block (cache-sized), never stored whole
+LINEAR_BLOCK_ROWS = 32  # ... of at least this many rows, so that per-call overhead stays small on wide layers
 
 
 @dataclass(frozen=True)
@@ -51,11 +52,12 @@ def linear_c_rule(x: Tensor, weight: Tensor, r: Tensor, g: Tensor | None,
     Each output unit's rule is independent, so W is read in blocks of rows: |W| exists one block at a time.
     """
     xa = x if nonnegative else x.abs()
-    rows = max(1, LINEAR_BLOCK_BYTES // max(1, weight.shape[1] * weight.element_size()))
+    rows = min(weight.shape[0], max(LINEAR_BLOCK_ROWS, LINEAR_BLOCK_BYTES // max(1, weight.shape[1] * weight.element_size())))
+    block = weight.new_empty((rows, weight.shape[1]))  # one buffer for every block's |W|
     back = g_in = None
     for start in range(0, weight.shape[0], rows):
         w = weight[start:start + rows]
-        wa = w.abs()
+        wa = torch.abs(w, out=block[:w.shape[0]])
         s = safe_divide_nonnegative_(r[:, start:start + rows], F.linear(xa, wa))
         back = s @ wa if back is None else back.addmm_(s, wa)
         if g is not None:

@@ -21,12 +21,13 @@ def is_pointwise(m) -> bool:
 
 
 def pointwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: tuple = (1, 1)) -> Tensor:
-    """conv2d for a 1×1 kernel as one batched matrix product (oneDNN's NCHW 1×1 kernels are slow)."""
+    """conv2d for a 1×1 kernel (or a C_out×C_in matrix) as one batched matrix product (oneDNN's NCHW 1×1
+    kernels are slow)."""
     if tuple(stride) != (1, 1):
         x = x[:, :, ::stride[0], ::stride[1]]
     n, _, h, w = x.shape
     x = x.reshape(n, x.shape[1], h * w)
-    w2 = weight.reshape(weight.shape[0], -1).expand(n, -1, -1)  # a batched product with a stride-0 weight
+    w2 = weight.reshape(weight.shape[0], -1).expand(n, -1, -1)  # stride-0 batch: no copy of the weight
     out = torch.bmm(w2, x) if bias is None else torch.baddbmm(bias[:, None].expand(n, -1, h * w), w2, x)
     return out.reshape(n, -1, h, w)
 
@@ -39,7 +40,7 @@ def conv_transpose(m, out: Tensor, weight: Tensor, input_shape: torch.Size) -> T
     """
     shape = (out.shape[0],) + tuple(input_shape[1:])
     if is_pointwise(m):
-        back = pointwise_conv(out, weight.transpose(0, 1))
+        back = pointwise_conv(out, weight.reshape(weight.shape[0], -1).t())
         if tuple(m.stride) == (1, 1):
             return back
         full = back.new_zeros(shape)
@@ -47,8 +48,11 @@ def conv_transpose(m, out: Tensor, weight: Tensor, input_shape: torch.Size) -> T
         return full
     if out.device.type == "cpu" and not isinstance(m.padding, str):
         pad = _adjoint_padding(m, weight)
+        if pad is not None and out.numel() >= weight.numel():  # else flipping the kernel costs more than it saves
+            kernel = weight.transpose(0, 1).contiguous().flip(2, 3)
+            return F.conv2d(out, kernel, None, 1, pad, m.dilation)
         if pad is not None:
-            return F.conv2d(out, weight.transpose(0, 1).flip(2, 3), None, 1, pad, m.dilation)
+            return conv2d_input(shape, weight, out, m.stride, m.padding, m.dilation, m.groups)
         extra = tuple(size - ((o - 1) * s - 2 * p + d * (k - 1) + 1) for size, o, s, p, d, k in
                       zip(shape[2:], out.shape[2:], m.stride, m.padding, m.dilation, weight.shape[2:]))
         return F.conv_transpose2d(out, weight, None, m.stride, m.padding, extra, m.groups, m.dilation)
