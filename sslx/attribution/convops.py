@@ -9,14 +9,15 @@ from torch.nn.grad import conv2d_input
 
 def conv_forward(m, x: Tensor, weight: Tensor) -> Tensor:
     """The step's convolution geometry applied with another weight, without bias."""
-    if is_pointwise(m):
+    if is_pointwise(m, x):
         return pointwise_conv(x, weight, stride=tuple(m.stride))
     return F.conv2d(x, weight, None, m.stride, m.padding, m.dilation, m.groups)
 
 
-def is_pointwise(m) -> bool:
-    """A 1×1 convolution without padding and with one group: a matrix product over channels (strided)."""
-    return (tuple(m.kernel_size) == (1, 1) and m.groups == 1
+def is_pointwise(m, x: Tensor) -> bool:
+    """On CPU, a 1×1 convolution without padding and with one group: a matrix product over channels
+    (elsewhere the convolution libraries do well on their own)."""
+    return (x.device.type == "cpu" and tuple(m.kernel_size) == (1, 1) and m.groups == 1
             and not isinstance(m.padding, str) and tuple(m.padding) == (0, 0))
 
 
@@ -39,7 +40,7 @@ def conv_transpose(m, out: Tensor, weight: Tensor, input_shape: torch.Size) -> T
     which oneDNN runs faster than its backward-data kernel; other strides use its deconvolution.
     """
     shape = (out.shape[0],) + tuple(input_shape[1:])
-    if is_pointwise(m):
+    if is_pointwise(m, out):
         back = pointwise_conv(out, weight.reshape(weight.shape[0], -1).t())
         if tuple(m.stride) == (1, 1):
             return back

@@ -310,7 +310,7 @@ class ModelGraph:
         kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
         m = step.module
         if step.kind == CONV:
-            if is_pointwise(m):
+            if is_pointwise(m, args[0]):
                 return pointwise_conv(args[0], m.weight, m.bias, tuple(m.stride))
             return F.conv2d(args[0], m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
         if step.kind == LINEAR:
