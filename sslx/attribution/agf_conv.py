@@ -59,27 +59,29 @@ def conv_rule(step: Step, x: Tensor, r: Tensor, g: Tensor | None, opts: AGFOptio
         else:
             g = g * scale.reshape(1, -1, 1, 1)
     full = step.role == "full" and opts.residual != "none"
-    use_a = full and opts.use_a
+    if full and g is None:
+        raise ValueError(f"full AGF at '{step.node.name}' needs the gradient at the layer's output")
     g_in = None if g is None else conv_transpose(m, g, wg, x.shape)
+    g_masked = _masked_gradient(m, x, r, g, wg, g_in) if full and (opts.use_fgrad or opts.residual == "gradcam") \
+        else g_in
     wa, xa = w.abs(), (x if step.nonnegative_input else x.abs())
-    n = r.shape[0]
-    # C-rule (and A-rule) quotients side by side, so that one transposed conv with |W| serves both.
-    s = r.new_empty(((2 if use_a else 1) * n,) + r.shape[1:])
-    safe_divide_nonnegative_(r, conv_forward(m, xa, wa), out=s[:n])
-    if use_a:  # the A-rule's input is all ones: its denominators conv(1, |W|) do not depend on x
-        torch.div(r, _guarded(conv_of_ones(m, wa, x.shape)), out=s[n:])
-    back = conv_transpose(m, s, wa, x.shape)
-    del s
-    c = back[:n].mul_(xa)
+    # C-rule; the A-rule (input all ones, so its denominators conv(1, |W|) do not depend on x) gets its
+    # own transposed conv afterwards: stacking both along the batch is no faster and holds 2 more buffers.
+    c = conv_transpose(m, safe_divide_nonnegative_(r, conv_forward(m, xa, wa)), wa, x.shape).mul_(xa)
     del xa
     if not full:
         return c, g_in
-    if g is None:
-        raise ValueError(f"full AGF at '{step.node.name}' needs the gradient at the layer's output")
-    full_part, pixel_part = _residual(step, x, r, g, wg, g_in, c, back[n:] if use_a else None, opts)
+    a = conv_transpose(m, r / _guarded(conv_of_ones(m, wa, x.shape)), wa, x.shape) if opts.use_a else None
+    full_part, pixel_part = _residual(x, g_in, g_masked, c, a, opts)
     if full_part is None and pixel_part is None:  # every residual term is switched off: Φ = C
         return c, g_in
     return delta_shift_(c, full_part, pixel_part), g_in
+
+
+def _masked_gradient(m, x: Tensor, r: Tensor, g: Tensor, wg: Tensor, g_in: Tensor) -> Tensor:
+    """The input gradient recomputed from g ⊙ 1[Φ ≠ 0]; usually g_in itself, as g is already 0 wherever Φ is."""
+    masked = g * nonzero(r)
+    return g_in if torch.equal(masked, g) else conv_transpose(m, masked, wg, x.shape)
 
 
 def _guarded(z: Tensor) -> Tensor:
@@ -87,17 +89,10 @@ def _guarded(z: Tensor) -> Tensor:
     return (z + STABILIZER).div_(nonzero(z))
 
 
-def _residual(step: Step, x: Tensor, r: Tensor, g: Tensor, wg: Tensor, g_in: Tensor, c: Tensor,
-              a: Tensor | None, opts: AGFOptions) -> tuple[Tensor | None, Tensor | None]:
+def _residual(x: Tensor, g_in: Tensor, g_masked: Tensor, c: Tensor, a: Tensor | None,
+              opts: AGFOptions) -> tuple[Tensor | None, Tensor | None]:
     """The residual r = gate(numer) + F_∇x + A, unmasked, as (C-shaped part, B×1×H×W part broadcast over
     channels); a part is None when its terms are off. `a` is A, a buffer this rule owns and reuses."""
-    m = step.module
-    g_masked = g_in
-    if opts.use_fgrad or opts.residual == "gradcam":
-        masked = g * nonzero(r)
-        if not torch.equal(masked, g):  # usually equal: the gradient is already 0 wherever Φ is
-            g_masked = conv_transpose(m, masked, wg, x.shape)
-        del masked
     masks = side_masks(c.mean(dim=1, keepdim=True))
     numer = None
     if opts.residual == "gradcam":
