@@ -22,6 +22,17 @@ def check_image_batch(x: object, name: str = "x", channels: int | None = 3) -> T
     return x
 
 
+def check_input_channels(x: Tensor, layers: dict[str, int], name: str = "x") -> None:
+    """Raise ValueError unless x's channel count is what the model's image-facing layers (path -> channels) expect."""
+    wrong = {path: c for path, c in layers.items() if c != x.shape[1]}
+    if wrong:
+        path, expected = next(iter(wrong.items()))
+        hint = f"; for grayscale images repeat the channel, e.g. {name}.expand(-1, {expected}, -1, -1)" \
+            if x.shape[1] == 1 else ""
+        raise ValueError(f"{name} has {x.shape[1]} channel(s) (shape {tuple(x.shape)}) but the model's first "
+                         f"layer '{path}' expects {expected}{hint}")
+
+
 def resolve_targets(target: object, logits: Tensor) -> Tensor:
     """Return a LongTensor[B] of class ids: top-1 when `target` is None, else the validated ids."""
     batch, num_classes = logits.shape

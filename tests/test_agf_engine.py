@@ -5,7 +5,8 @@ import torch.nn as nn
 import torchvision
 
 from sslx import AGF, explain
-from sslx.attribution.agf_rules import factorization
+from sslx.explain_api import METHODS
+from sslx.attribution.agf_conv import factorization
 from sslx.attribution.graph import UnsupportedOperationError
 from sslx.attribution.numerics import delta_shift, safe_divide
 
@@ -174,9 +175,11 @@ def test_bad_images(x, err, match):
         AGF(_model("resnet18")).attribute(x)
 
 
-def test_wrong_channel_count_names_the_layer():
-    with pytest.raises(RuntimeError):
-        AGF(_model("resnet18")).attribute(torch.zeros(1, 1, 64, 64, dtype=torch.float64))
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_wrong_channel_count_names_the_expected_count(method):
+    gray = torch.zeros(1, 1, 64, 64, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"first layer 'conv1' expects 3.*expand\(-1, 3, -1, -1\)"):
+        METHODS[method](_model("resnet18")).attribute(gray, 0)
 
 
 @pytest.mark.parametrize("target, err, match", [
@@ -239,3 +242,32 @@ def test_explain_entry_point():
     assert torch.equal(explain(model, x, 3, method="agf", use_a=False), AGF(model, use_a=False).attribute(x, 3))
     with pytest.raises(ValueError, match="unknown method 'foo'"):
         explain(model, x, method="foo")
+
+
+def test_hooks_left_by_other_tools_are_not_traced():
+    """pytorch-grad-cam leaves hooks like this on `layer4[-1]`; their results are not the model's function."""
+    model, x = _model("resnet18"), _x(1)
+    expected = AGF(model).attribute(x)
+    calls = []
+
+    def grad_cam_style_hook(module, inputs, output):
+        calls.append(output.cpu().detach())
+        if not hasattr(output, "requires_grad") or not output.requires_grad:  # branches on a traced value
+            return
+        output.register_hook(lambda grad: None)
+
+    handle = model.layer4[-1].register_forward_hook(grad_cam_style_hook)
+    try:
+        assert torch.equal(AGF(model).attribute(x), expected)
+        assert calls == [] and len(model.layer4[-1]._forward_hooks) == 1
+    finally:
+        handle.remove()
+
+
+def test_walk_split_into_single_images_changes_no_number():
+    model, x = _model("resnet18"), _x(3)
+    whole = AGF(model, walk_bytes=0).attribute(x, torch.tensor([2, 7, 2]))
+    split = AGF(model, walk_bytes=1).attribute(x, torch.tensor([2, 7, 2]))  # one image per walk
+    assert (whole - split).abs().max() <= 1e-12 * whole.abs().max()
+    with pytest.raises(ValueError, match="walk_bytes"):
+        AGF(model, walk_bytes=-1)

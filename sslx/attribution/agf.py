@@ -9,12 +9,15 @@ import torch.fx as fx
 import torch.nn as nn
 from torch import Tensor
 
-from .._validate import check_image_batch, check_model_matches, resolve_targets
-from .agf_rules import RESIDUALS, AGFOptions, conv_rule, first_conv_zb, head_attribution, linear_rule
-from .graph import CONV, LINEAR, ModelGraph, Step
+from .agf_conv import conv_rule
+from .agf_rules import RESIDUALS, AGFOptions, first_conv_zb, head_attribution, linear_rule
+from .forward import run_model
+from .graph import ADD, CONV, LINEAR, META, NORM, POOL, RELU, ModelGraph, Step
 from .numerics import per_image_max
-from .propagation import Grad, propagate, structural_rule
-from .weights import DerivedWeights
+from .propagation import Grad, norm_scale, propagate, structural_rule
+
+
+CPU_WALK_BYTES = 16 << 20  # below glibc's largest mmap threshold (32 MiB) with room for the 2×-batch buffers
 
 
 class AGF:
@@ -22,17 +25,22 @@ class AGF:
 
     def __init__(self, model: nn.Module, *, use_a: bool = True, use_fx: bool = True, use_fgrad: bool = True,
                  use_m: bool = True, use_gate: bool = True, residual: str = "agf",
-                 flat_convs: Iterable[str] = (), full_convs: Iterable[str] = ()):
+                 flat_convs: Iterable[str] = (), full_convs: Iterable[str] = (), walk_bytes: int | None = None):
         if residual not in RESIDUALS:
             raise ValueError(f"residual must be one of {RESIDUALS}, got {residual!r}")
         for name, flag in dict(use_a=use_a, use_fx=use_fx, use_fgrad=use_fgrad, use_m=use_m,
                                use_gate=use_gate).items():
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+        if walk_bytes is not None and (isinstance(walk_bytes, bool) or not isinstance(walk_bytes, int) or walk_bytes < 0):
+            raise ValueError(f"walk_bytes must be None (automatic) or a byte count >= 0 (0: never split), got {walk_bytes!r}")
         self.model = model
+        self.walk_bytes = walk_bytes
         self.options = AGFOptions(use_a, use_fx, use_fgrad, use_m, use_gate, residual)
         self.graph = ModelGraph(model)
-        self._weights = DerivedWeights()
+        self._needed = _values_read_backwards(self.graph)
+        self._norm_after = _norms_after_convs(self.graph)
+        self._folded_norms = {s.node for s in self._norm_after.values()}
         self._override_conv_roles(set(flat_convs), "flat")
         self._override_conv_roles(set(full_convs), "full")
 
@@ -51,45 +59,94 @@ class AGF:
 
     def attribute(self, x: Tensor, target: Any = None, *, normalize: bool = True) -> Tensor:
         """Heatmaps B×1×H×W for `target` (None = top-1, int, or LongTensor[B]); dtype/device follow x."""
-        check_image_batch(x, "x", channels=None)
-        check_model_matches(self.model, x)
+        env, logits, t = run_model(self.graph, x, target, keep=self._needed.__contains__)
+        del logits
         with torch.no_grad():
-            env = self.graph.run(x)
-            logits = env[self.graph.head.node]
-            if not isinstance(logits, Tensor) or logits.dim() != 2:
-                raise ValueError(f"the model must return B×K logits, got shape {tuple(getattr(logits, 'shape', ()))}")
-            t = resolve_targets(target, logits)
             head = self.graph.head.module
             head_input = self.graph.head.inputs[0]
             phi, grad = head_attribution(head.weight, head.bias, env[head_input], t)
             _warn_if_saturated(phi)
-            relevance = propagate(self.graph, env, head_input, phi, grad, lambda *a: self._rule(env, *a))
+            step = self._images_per_walk(env)
+            parts = []
+            for start in range(0, x.shape[0], step):
+                part = self._batch_slice(env, start, step) if step < x.shape[0] else env
+                shapes = {s.boundary_source: part[s.boundary_source].shape for s in self.graph.layers(LINEAR)
+                          if s.boundary_source is not None}
+                parts.append(propagate(self.graph, part, head_input, phi[start:start + step],
+                                       grad[start:start + step], lambda *a: self._rule(shapes, *a), release=True))
+                del part
+            del env
+        relevance = parts[0] if len(parts) == 1 else torch.cat(parts)
         if relevance.shape != x.shape:
             raise RuntimeError(f"input relevance has shape {tuple(relevance.shape)}, expected {tuple(x.shape)}")
         if not normalize:
             return relevance.sum(dim=1, keepdim=True)
-        top = per_image_max(relevance)
-        scaled = torch.where(top != 0, relevance / torch.where(top != 0, top, torch.ones_like(top)), 0.0)
-        return scaled.sum(dim=1, keepdim=True)
+        top = per_image_max(relevance)  # the reference divides by the plain signed maximum (no guard)
+        return (relevance / torch.where(top != 0, top, torch.inf)).sum(dim=1, keepdim=True)
 
-    def _rule(self, env: dict[fx.Node, Any], step: Step, inputs: list, y: Tensor, r: Tensor,
+    def _images_per_walk(self, env: dict[fx.Node, Any]) -> int:
+        """Images per backward walk: all on GPU; on CPU as many as keep each layer's tensors under
+        `walk_bytes`, since larger buffers come fresh from the OS and their page faults cost more than the
+        arithmetic (every image is explained independently, so the split changes no number)."""
+        x = env[self.graph.input_node]
+        limit = self.walk_bytes if self.walk_bytes is not None else (CPU_WALK_BYTES if x.device.type == "cpu" else 0)
+        if not limit:
+            return x.shape[0]
+        largest = max(v.numel() // v.shape[0] * v.element_size() for n, v in env.items()
+                      if isinstance(v, Tensor) and v.dim() > 0 and self.graph.steps[n].kind != META)
+        return max(1, min(x.shape[0], limit // max(1, largest)))
+
+    def _batch_slice(self, env: dict[fx.Node, Any], start: int, size: int) -> dict[fx.Node, Any]:
+        """Views of the images [start, start + size) of every per-image value (shape-only stand-ins too)."""
+        return {n: v[start:start + size] if isinstance(v, Tensor) and v.dim() > 0 and self.graph.steps[n].kind != META
+                else v for n, v in env.items()}
+
+    def _rule(self, shapes: dict[fx.Node, torch.Size], step: Step, inputs: list, y: Tensor, r: Tensor,
               g: Grad) -> tuple[list, list]:
+        if step.node in self._folded_norms:  # its gradient factor is applied by the conv before it
+            return [r], [g]
         generic = structural_rule(step, inputs, y, r, g)
         if generic is not None:
             return generic
         x = inputs[0]
         if step.kind == CONV:
             if step.role == "first":
-                return [first_conv_zb(step, x, r, self._weights)], [None]
-            rel, g_in = conv_rule(step, x, r, g, self.options, self._weights)
+                return [first_conv_zb(step, x, r)], [None]
+            norm = self._norm_after.get(step.node)
+            rel, g_in = conv_rule(step, x, r, g, self.options, None if norm is None else norm_scale(norm.module))
             return [rel], [g_in]
         if step.kind == LINEAR:
-            shape = env[step.boundary_source].shape if step.boundary_source is not None else None
-            if shape is not None and len(shape) != 4:
-                shape = None
-            rel, g_in = linear_rule(step, x, r, g, shape, self._weights)
+            shape = shapes.get(step.boundary_source)
+            rel, g_in = linear_rule(step, x, r, g, shape if shape is not None and len(shape) == 4 else None)
             return [rel], [g_in]
         raise NotImplementedError(f"AGF has no rule for {step.kind} step '{step.node.name}'")
+
+
+def _values_read_backwards(graph: ModelGraph) -> set[fx.Node]:
+    """Nodes whose values AGF's rules read (the rest need only their shapes once the forward pass is done)."""
+    needed = {graph.head.node}
+    consumers = graph.consumers()
+    for node, step in graph.steps.items():
+        if len(consumers.get(node, ())) > 1:  # a fork merges its parts with its value
+            needed.add(node)
+        if step.kind in (CONV, LINEAR):
+            needed.add(step.inputs[0])
+        elif step.kind == RELU:  # the ReLU rule needs its output only
+            needed.add(node)
+        elif step.kind in (POOL, ADD):
+            needed.add(node)
+            needed.update(step.inputs)
+    return needed
+
+
+def _norms_after_convs(graph: ModelGraph) -> dict[fx.Node, Step]:
+    """conv node -> the BatchNorm that is the only reader of its output (its gradient factor can be folded)."""
+    consumers = graph.consumers()
+    out = {}
+    for node, step in graph.steps.items():
+        if step.kind == NORM and graph.steps[step.inputs[0]].kind == CONV and consumers[step.inputs[0]] == [node]:
+            out[step.inputs[0]] = step
+    return out
 
 
 def _warn_if_saturated(phi: Tensor) -> None:

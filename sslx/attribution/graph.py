@@ -11,6 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .convops import is_pointwise, pointwise_conv
+
 # Kinds of step the propagation rules know.
 CONV, LINEAR, NORM, RELU, POOL, PASS, RESHAPE, ADD, ADD_CONST, INPUT, META = (
     "conv", "linear", "norm", "relu", "pool", "pass", "reshape", "add", "add_const", "input", "meta",
@@ -40,6 +42,7 @@ class Step:
     op: Callable[[Tensor], Tensor] | None = None  # the node's function of its single tensor input
     role: str = ""  # conv: "first" | "flat" | "full"; linear: "head" | "boundary" | "plain"
     boundary_source: fx.Node | None = None  # linear "boundary": the feature map its input was flattened from
+    nonnegative_input: bool = False  # conv/linear: the input is a ReLU output (through pools and reshapes)
     inputs: list[fx.Node] = field(default_factory=list)  # tensor-valued inputs that carry relevance
 
 
@@ -123,6 +126,15 @@ def _classify_call(node: fx.Node) -> Step:
     raise UnsupportedOperationError(f"unsupported operation at {_describe(node)}")
 
 
+class _HookFreeTracer(fx.Tracer):
+    """torch.fx tracer that calls submodules' `forward` directly, so hooks other tools left on the model
+    (e.g. Grad-CAM's activation and gradient hooks) are not run on the tracer's proxies; the graph
+    is the model's own function, and `ModelGraph.run` never runs module hooks either."""
+
+    def call_module(self, m: nn.Module, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        return super().call_module(m, m.forward, args, kwargs)
+
+
 class ModelGraph:
     """A traced model: typed steps in topological order, runnable without touching the model's state."""
 
@@ -131,7 +143,9 @@ class ModelGraph:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
         try:
-            self.graph_module = fx.symbolic_trace(model)
+            tracer = _HookFreeTracer()
+            graph = tracer.trace(model)
+            self.graph_module = fx.GraphModule(tracer.root, graph, type(model).__name__)
         except Exception as exc:  # fx raises many types for untraceable code
             raise UnsupportedOperationError(
                 f"cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {exc}); "
@@ -202,6 +216,9 @@ class ModelGraph:
         self.head.role = "head"
         consumers = self.consumers()
         for node, step in self.steps.items():
+            if step.kind in (CONV, LINEAR):
+                source = self._skip_back(step.inputs[0], (PASS, RESHAPE, POOL))
+                step.nonnegative_input = self.steps[source].kind == RELU
             if step.kind == CONV:
                 step.role = self._conv_role(step, consumers)
             elif step.kind == LINEAR and step is not self.head:
@@ -241,19 +258,50 @@ class ModelGraph:
                 users.setdefault(a, []).append(node)
         return users
 
+    def input_layers(self) -> dict[str, int]:
+        """Module path -> expected channels of the Conv2d/BatchNorm layers that read the image directly."""
+        layers = {}
+        for step in self.steps.values():
+            if step.kind in (CONV, NORM) and step.node.op == "call_module" and step.inputs:
+                if self.steps[self._skip_back(step.inputs[0], (PASS, RESHAPE, ADD_CONST))].kind == INPUT:
+                    m = step.module
+                    layers[step.node.target] = m.in_channels if step.kind == CONV else m.num_features
+        return layers
+
     def layers(self, kind: str) -> list[Step]:
         """Steps of one kind in topological order."""
         return [s for s in self.steps.values() if s.kind == kind]
 
     # -- execution -----------------------------------------------------------------------------
-    def run(self, x: Tensor) -> dict[fx.Node, Any]:
-        """Evaluate every node in inference mode (BatchNorm uses running stats, Dropout is identity)."""
+    def run(self, x: Tensor, keep: Callable[[fx.Node], bool] | None = None) -> dict[fx.Node, Any]:
+        """Evaluate every node in inference mode (BatchNorm uses running stats, Dropout is identity).
+
+        With `keep`, a tensor for which keep(node) is false is replaced by a shape-only stand-in (a meta
+        tensor) as soon as the forward pass has used it for the last time.
+        """
         env: dict[fx.Node, Any] = {self.input_node: x}
+        dies_at = self._last_readers() if keep is not None else {}
         for node, step in self.steps.items():
             if step.kind == INPUT:
                 continue
             env[node] = self._eval(node, step, env)
+            for dead in dies_at.get(node, ()):
+                value = env[dead]
+                if isinstance(value, Tensor) and not keep(dead):
+                    env[dead] = torch.empty(value.shape, dtype=value.dtype, device="meta")
         return env
+
+    def _last_readers(self) -> dict[fx.Node, list[fx.Node]]:
+        """Map a node to the values it is the last forward reader of."""
+        if "_dies_at" not in self.__dict__:
+            position = {node: i for i, node in enumerate(self.steps)}
+            dies_at: dict[fx.Node, list[fx.Node]] = {}
+            for node in self.steps:
+                readers = [u for u in node.users if u in position]
+                if readers and len(readers) == len(node.users):  # values the output reads stay
+                    dies_at.setdefault(max(readers, key=position.__getitem__), []).append(node)
+            self._dies_at = dies_at
+        return self._dies_at
 
     def _eval(self, node: fx.Node, step: Step, env: dict[fx.Node, Any]) -> Any:
         if node.op == "get_attr":
@@ -262,6 +310,8 @@ class ModelGraph:
         kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
         m = step.module
         if step.kind == CONV:
+            if is_pointwise(m, args[0]):
+                return pointwise_conv(args[0], m.weight, m.bias, tuple(m.stride))
             return F.conv2d(args[0], m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
         if step.kind == LINEAR:
             return F.linear(args[0], m.weight, m.bias)

@@ -25,8 +25,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._validate import check_image_batch, check_model_matches, resolve_targets
-from .agf_rules import conv_forward, conv_transpose
+from .convops import conv_forward, conv_transpose
+from .forward import run_model
 from .graph import CONV, LINEAR, NORM, PASS, RELU, ModelGraph, Step, UnsupportedOperationError
 from .numerics import STABILIZER, per_image_max, per_image_min, per_image_sum, safe_divide
 from .propagation import plain_sum, propagate, structural_rule
@@ -47,24 +47,6 @@ def propagate_relevance(graph: ModelGraph, env: dict[fx.Node, Any], start: fx.No
         return rule(step, inputs, y, r), [None] * len(step.inputs)
 
     return propagate(graph, env, start, relevance, None, relevance_only, merge=plain_sum)
-
-
-def run_model(graph: ModelGraph, x: Tensor, target: Any, *,
-              with_grad: bool = False) -> tuple[dict[fx.Node, Any], Tensor, Tensor]:
-    """Validate x, run the graph in inference mode; return (env, logits B×K, targets LongTensor[B]).
-
-    With `with_grad`, autograd records the run from a fresh leaf copy of x (`env[graph.input_node]`).
-    """
-    check_image_batch(x, "x", channels=None)
-    check_model_matches(graph.model, x)
-    if with_grad:
-        x = x.detach().requires_grad_(True)
-    with torch.set_grad_enabled(with_grad):
-        env = graph.run(x)
-    logits = env[graph.head.node]
-    if not isinstance(logits, Tensor) or logits.dim() != 2:
-        raise ValueError(f"the model must return B×K logits, got shape {tuple(getattr(logits, 'shape', ()))}")
-    return env, logits, resolve_targets(target, logits)
 
 
 def one_hot(logits: Tensor, target: Tensor) -> Tensor:

@@ -8,7 +8,7 @@ import torch.fx as fx
 from torch import Tensor
 
 from .graph import ADD, ADD_CONST, INPUT, NORM, PASS, POOL, RELU, RESHAPE, ModelGraph, Step
-from .numerics import keep, safe_divide
+from .numerics import STABILIZER, safe_divide, scale_by_quotient
 
 Grad = Optional[Tensor]
 # A rule maps (step, input values, output value, relevance at the output, gradient at the output)
@@ -17,11 +17,13 @@ Rule = Callable[[Step, list, Tensor, Tensor, Grad], tuple[list, list]]
 
 
 def propagate(graph: ModelGraph, env: dict[fx.Node, Any], start: fx.Node, relevance: Tensor,
-              grad: Grad, rule: Rule, merge: Callable[[Tensor, list[Tensor]], Tensor] | None = None) -> Tensor:
+              grad: Grad, rule: Rule, merge: Callable[[Tensor, list[Tensor]], Tensor] | None = None,
+              release: bool = False) -> Tensor:
     """Walk the graph backwards from `start` and return the input's relevance.
 
     A tensor read by several layers merges their relevance with `merge(value, parts)`; the default is
     AGF's X ⊙ safe_divide(ΣR_i, X) (the reference's Clone), `plain_sum` is what its LRP code does.
+    With `release`, each node's value is dropped from `env` once its step is done (no later step reads it).
     """
     merge = fork_relevance if merge is None else merge
     rel: dict[fx.Node, list[Tensor]] = {start: [relevance]}
@@ -39,6 +41,9 @@ def propagate(graph: ModelGraph, env: dict[fx.Node, Any], start: fx.Node, releva
             return r
         inputs = [env[i] for i in step.inputs]
         r_in, g_in = rule(step, inputs, value, r, g)
+        del r, g, parts, g_parts, value, inputs
+        if release:
+            env.pop(node, None)
         for i, ri, gi in zip(step.inputs, r_in, g_in):
             rel.setdefault(i, []).append(ri)
             if gi is not None:
@@ -48,7 +53,7 @@ def propagate(graph: ModelGraph, env: dict[fx.Node, Any], start: fx.Node, releva
 
 def fork_relevance(value: Tensor, parts: list[Tensor]) -> Tensor:
     """Merge the relevance of a tensor used by several layers: X ⊙ safe_divide(ΣR_i, X)."""
-    return value * safe_divide(_total(parts), value)
+    return scale_by_quotient(value, _total(parts))
 
 
 def plain_sum(value: Tensor, parts: list[Tensor]) -> Tensor:
@@ -66,8 +71,8 @@ def _total(parts: list[Tensor]) -> Tensor:
 def vjp(step: Step, x: Tensor, cotangents: list[Tensor]) -> list[Tensor]:
     """Vector-Jacobian products of a single-input step's own function at x."""
     if step.kind == RELU:
-        positive = x > 0
-        return [keep(c, positive) for c in cotangents]
+        positive = torch.gt(x, 0, out=torch.empty_like(x))
+        return [c * positive for c in cotangents]
     with torch.enable_grad():
         xg = x.detach().requires_grad_(True)
         y = step.op(xg)
@@ -75,22 +80,34 @@ def vjp(step: Step, x: Tensor, cotangents: list[Tensor]) -> list[Tensor]:
 
 
 def z_rule(step: Step, x: Tensor, y: Tensor, r: Tensor, g: Grad) -> tuple[list, list]:
-    """LRP-0 through the step's own gradient: R_in = X ⊙ J^T safe_divide(R, Y ⊙ 1[R≠0])."""
-    s = safe_divide(r, keep(y, r != 0))
+    """LRP-0 through the step's own gradient: R_in = X ⊙ J^T safe_divide(R, Y ⊙ 1[R≠0]).
+
+    The mask 1[R≠0] is implied: where R is 0 the quotient is 0 anyway.
+    """
+    s = safe_divide(r, y)
     cot = [s] if g is None else [s, g]
     back = vjp(step, x, cot)
     return [x * back[0]], [None if g is None else back[1]]
+
+
+def relu_rule(y: Tensor, r: Tensor, g: Grad) -> tuple[list, list]:
+    """`z_rule` for ReLU from its output alone: R_in = Y ⊙ R / (Y + 1e-9) (0 where Y = 0), g_in = g ⊙ 1[Y>0]."""
+    rel = torch.add(y, STABILIZER)  # Y >= 0: no zero denominators, and Y = 0 zeroes the product
+    rel = torch.div(r, rel, out=rel).mul_(y)
+    return [rel], [None if g is None else torch.ops.aten.threshold_backward(g, y, 0)]  # g ⊙ 1[Y>0], one pass
 
 
 def norm_grad(step: Step, g: Grad) -> Grad:
     """Gradient through an inference-mode BatchNorm: g ⊙ γ / sqrt(var + eps)."""
     if g is None:
         return None
-    m = step.module
+    return g * norm_scale(step.module).reshape((1, -1) + (1,) * (g.dim() - 2)).to(g.dtype)
+
+
+def norm_scale(m) -> Tensor:
+    """An inference-mode BatchNorm's per-channel gradient factor γ / sqrt(var + eps)."""
     scale = torch.rsqrt(m.running_var + m.eps)
-    if m.weight is not None:
-        scale = scale * m.weight
-    return g * scale.reshape((1, -1) + (1,) * (g.dim() - 2)).to(g.dtype)
+    return scale if m.weight is None else scale * m.weight
 
 
 def structural_rule(step: Step, inputs: list, y: Tensor, r: Tensor, g: Grad) -> tuple[list, list] | None:
@@ -103,11 +120,13 @@ def structural_rule(step: Step, inputs: list, y: Tensor, r: Tensor, g: Grad) -> 
     if kind == RESHAPE:
         shape = inputs[0].shape
         return [r.reshape(shape)], [None if g is None else g.reshape(shape)]
-    if kind in (RELU, POOL):
+    if kind == RELU:
+        return relu_rule(y, r, g)
+    if kind == POOL:
         return z_rule(step, inputs[0], y, r, g)
     if kind == ADD:
         a, b = inputs
-        s = safe_divide(r, keep(y, r != 0))
+        s = safe_divide(r, y)  # 1[R≠0] implied, as in z_rule
         return [a * s, b * s], [g, g]
     return None
 
@@ -117,4 +136,4 @@ def unsupported(step: Step) -> Any:
     raise NotImplementedError(f"no rule for {step.kind} step '{step.node.name}'")
 
 
-__all__ = ["propagate", "fork_relevance", "plain_sum", "z_rule", "norm_grad", "structural_rule", "vjp"]
+__all__ = ["propagate", "fork_relevance", "plain_sum", "z_rule", "relu_rule", "norm_grad", "structural_rule", "vjp"]

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .agf_rules import conv_forward, conv_transpose
+from .convops import conv_forward, conv_transpose
 from .graph import CONV, LINEAR, NORM, PASS, RELU, ModelGraph, Step
 from .lrp import (affine_adjoint, affine_forward, propagate_relevance, reference_norm_scale, run_model,
                   target_relevance, zb_rule)

@@ -1,0 +1,118 @@
+"""AGF's convolution rule: the C-rule ("flat" convs) and full AGF (factorization, M, gate, A-rule, Δ-shift).
+
+Every N-sized pass is counted: buffers this rule allocates are updated in place, masks are float
+multiplications, and the one host read (whether the masked gradient differs) skips a transposed conv.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .agf_rules import AGFOptions
+from .convops import conv_forward, conv_of_ones, conv_transpose
+from .graph import Step
+from .numerics import (STABILIZER, delta_shift, delta_shift_, guarded_denominator, nonzero, normalize_by_max,
+                       per_image_max, safe_divide, safe_divide_nonnegative_)
+
+
+def side_masks(phi: Tensor) -> Tensor:
+    """B×HW×2 float indicators of φ < 0 (background) and φ > 0 (foreground); φ = 0 belongs to neither."""
+    flat = phi.reshape(phi.shape[0], -1)
+    return torch.stack([flat < 0, flat > 0], dim=2).to(phi.dtype)
+
+
+def factorization(y: Tensor, phi: Tensor) -> Tensor:
+    """Guided factorization F(Y, φ): foreground minus background weight of a ridge fit, B×1×H×W."""
+    return factorize(y, side_masks(phi))
+
+
+def factorize(y: Tensor, masks: Tensor) -> Tensor:
+    """`factorization` with the side masks of φ given (they are shared by F_x and F_∇x)."""
+    b, c = y.shape[:2]
+    scale = 10 / guarded_denominator(per_image_max(y))  # H = sigmoid(10·Y/max Y); max = 0 gives Y/max = 0
+    h = torch.mul(y, scale).sigmoid_().reshape(b, c, -1)
+    reps = safe_divide(torch.bmm(h, masks), masks.sum(dim=1)[:, None, :])  # B×C×2: [R_b, R_f]
+    rt = reps.transpose(1, 2)
+    # Ridge with λ = 1: W = (RᵀR + I)⁻¹ RᵀH, the 2×2 inverse in closed form.
+    gram = rt @ reps
+    p, q, r = gram[:, 0, 0] + 1, gram[:, 0, 1], gram[:, 1, 1] + 1
+    det = p * r - q * q
+    inverse = torch.stack([torch.stack([r, -q], 1), torch.stack([-q, p], 1)], 1) / det[:, None, None]
+    w = torch.relu(torch.bmm(inverse @ rt, h))  # B×2×HW
+    return (w[:, 1] - w[:, 0]).reshape((b, 1) + y.shape[2:])
+
+
+def conv_rule(step: Step, x: Tensor, r: Tensor, g: Tensor | None, opts: AGFOptions,
+              grad_scale: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """Relevance and gradient at a convolution's input: C-rule for "flat" convs, full AGF otherwise.
+
+    `grad_scale` (per output channel) is a following BatchNorm's gradient factor γ/√(var+ε), folded into
+    the kernel of the gradient's transposed convolution when that is smaller than the gradient.
+    """
+    m = step.module
+    w = m.weight.detach()
+    wg = w
+    if grad_scale is not None and g is not None:
+        scale = grad_scale.to(w.dtype).reshape((-1,) + (1,) * (w.dim() - 1))
+        if g.numel() >= w.numel():  # scaling the kernel is the cheaper pass
+            wg = w * scale
+        else:
+            g = g * scale.reshape(1, -1, 1, 1)
+    full = step.role == "full" and opts.residual != "none"
+    if full and g is None:
+        raise ValueError(f"full AGF at '{step.node.name}' needs the gradient at the layer's output")
+    g_in = None if g is None else conv_transpose(m, g, wg, x.shape)
+    g_masked = _masked_gradient(m, x, r, g, wg, g_in) if full and (opts.use_fgrad or opts.residual == "gradcam") \
+        else g_in
+    wa, xa = w.abs(), (x if step.nonnegative_input else x.abs())
+    # C-rule; the A-rule (input all ones, so its denominators conv(1, |W|) do not depend on x) gets its
+    # own transposed conv afterwards: stacking both along the batch is no faster and holds 2 more buffers.
+    c = conv_transpose(m, safe_divide_nonnegative_(r, conv_forward(m, xa, wa)), wa, x.shape).mul_(xa)
+    del xa
+    if not full:
+        return c, g_in
+    a = conv_transpose(m, r / _guarded(conv_of_ones(m, wa, x.shape)), wa, x.shape) if opts.use_a else None
+    full_part, pixel_part = _residual(x, g_in, g_masked, c, a, opts)
+    if full_part is None and pixel_part is None:  # every residual term is switched off: Φ = C
+        return c, g_in
+    return delta_shift_(c, full_part, pixel_part), g_in
+
+
+def _masked_gradient(m, x: Tensor, r: Tensor, g: Tensor, wg: Tensor, g_in: Tensor) -> Tensor:
+    """The input gradient recomputed from g ⊙ 1[Φ ≠ 0]; usually g_in itself, as g is already 0 wherever Φ is."""
+    masked = g * nonzero(r)
+    return g_in if torch.equal(masked, g) else conv_transpose(m, masked, wg, x.shape)
+
+
+def _guarded(z: Tensor) -> Tensor:
+    """z + 1e-9 where z != 0 and +inf where z == 0, for z >= 0: r / it is safe_divide(r, z)."""
+    return (z + STABILIZER).div_(nonzero(z))
+
+
+def _residual(x: Tensor, g_in: Tensor, g_masked: Tensor, c: Tensor, a: Tensor | None,
+              opts: AGFOptions) -> tuple[Tensor | None, Tensor | None]:
+    """The residual r = gate(numer) + F_∇x + A, unmasked, as (C-shaped part, B×1×H×W part broadcast over
+    channels); a part is None when its terms are off. `a` is A, a buffer this rule owns and reuses."""
+    masks = side_masks(c.mean(dim=1, keepdim=True))
+    numer = None
+    if opts.residual == "gradcam":
+        numer = torch.relu((x * g_masked.mean(dim=(2, 3), keepdim=True)).mean(dim=1, keepdim=True))
+    else:
+        if opts.use_fx:
+            numer = torch.relu(factorize(x, masks))
+        if opts.use_m:
+            mm = normalize_by_max(torch.relu((x * g_in).mean(dim=1, keepdim=True)))
+            numer = mm if numer is None else numer.add_(mm)
+    full, pixel = a, None
+    if numer is not None and opts.use_gate:
+        # numer / (1 + e^(−C) + 1e-9): the reference's safe divide of a denominator >= 1 (numer·sigmoid(C)
+        # would save two passes but move float64 parity from 1e-14 to 1e-10)
+        den = torch.neg(c).exp_().add_(1 + STABILIZER)
+        full = torch.div(numer, den, out=den) if full is None else full.addcdiv_(numer, den)
+        del den
+    elif numer is not None:
+        pixel = numer
+    if opts.use_fgrad:
+        fg = torch.relu(factorize(g_masked, masks))
+        pixel = fg if pixel is None else pixel.add_(fg)
+    return full, pixel
