@@ -17,7 +17,7 @@ from .numerics import per_image_max
 from .propagation import Grad, norm_scale, propagate, structural_rule
 
 
-CPU_WALK_BYTES = 16 << 20  # below glibc's largest mmap threshold (32 MiB) with room for the 2×-batch buffers
+CPU_WALK_BYTES = 32 << 20  # glibc serves blocks below its largest mmap threshold (32 MiB) from the heap
 
 
 class AGF:
@@ -32,8 +32,10 @@ class AGF:
                                use_gate=use_gate).items():
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
-        if walk_bytes is not None and (isinstance(walk_bytes, bool) or not isinstance(walk_bytes, int) or walk_bytes < 0):
-            raise ValueError(f"walk_bytes must be None (automatic) or a byte count >= 0 (0: never split), got {walk_bytes!r}")
+        if walk_bytes is not None and (isinstance(walk_bytes, bool) or not isinstance(walk_bytes, int)
+                                       or walk_bytes < 0):
+            raise ValueError("walk_bytes must be None (automatic) or a byte count >= 0 (0: never split), "
+                             f"got {walk_bytes!r}")
         self.model = model
         self.walk_bytes = walk_bytes
         self.options = AGFOptions(use_a, use_fx, use_fgrad, use_m, use_gate, residual)

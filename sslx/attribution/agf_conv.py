@@ -11,7 +11,7 @@ from torch import Tensor
 from .agf_rules import AGFOptions
 from .convops import conv_forward, conv_of_ones, conv_transpose
 from .graph import Step
-from .numerics import (STABILIZER, delta_shift, delta_shift_, guarded_denominator, nonzero, normalize_by_max,
+from .numerics import (STABILIZER, delta_shift_, guarded_denominator, nonzero, normalize_by_max,
                        per_image_max, safe_divide, safe_divide_nonnegative_)
 
 
@@ -80,7 +80,7 @@ def conv_rule(step: Step, x: Tensor, r: Tensor, g: Tensor | None, opts: AGFOptio
 
 def _masked_gradient(m, x: Tensor, r: Tensor, g: Tensor, wg: Tensor, g_in: Tensor) -> Tensor:
     """The input gradient recomputed from g ⊙ 1[Φ ≠ 0]; usually g_in itself, as g is already 0 wherever Φ is."""
-    masked = g * nonzero(r)
+    masked = nonzero(r).mul_(g)  # one buffer for the mask and the masked gradient
     return g_in if torch.equal(masked, g) else conv_transpose(m, masked, wg, x.shape)
 
 

@@ -52,7 +52,8 @@ def linear_c_rule(x: Tensor, weight: Tensor, r: Tensor, g: Tensor | None,
     Each output unit's rule is independent, so W is read in blocks of rows: |W| exists one block at a time.
     """
     xa = x if nonnegative else x.abs()
-    rows = min(weight.shape[0], max(LINEAR_BLOCK_ROWS, LINEAR_BLOCK_BYTES // max(1, weight.shape[1] * weight.element_size())))
+    row_bytes = max(1, weight.shape[1] * weight.element_size())
+    rows = min(weight.shape[0], max(LINEAR_BLOCK_ROWS, LINEAR_BLOCK_BYTES // row_bytes))
     block = weight.new_empty((rows, weight.shape[1]))  # one buffer for every block's |W|
     back = g_in = None
     for start in range(0, weight.shape[0], rows):
@@ -66,7 +67,8 @@ def linear_c_rule(x: Tensor, weight: Tensor, r: Tensor, g: Tensor | None,
     return back.mul_(xa), g_in  # `back` is this rule's own buffer
 
 
-def linear_rule(step: Step, x: Tensor, r: Tensor, g: Tensor, boundary_shape: torch.Size | None) -> tuple[Tensor, Tensor]:
+def linear_rule(step: Step, x: Tensor, r: Tensor, g: Tensor,
+                boundary_shape: torch.Size | None) -> tuple[Tensor, Tensor]:
     """C-rule for Linear layers; at the flatten boundary, Δ-shifted by the feature map's M."""
     c, g_in = linear_c_rule(x, step.module.weight.detach(), r, g, step.nonnegative_input)
     if boundary_shape is None:
@@ -87,7 +89,7 @@ def first_conv_zb(step: Step, x: Tensor, r: Tensor) -> Tensor:
     ones_p, ones_n = conv_of_ones(m, wp, x.shape), conv_of_ones(m, wn, x.shape)  # conv(1, W+), conv(1, W-)
     z = conv_forward(m, x, w).addcmul_(low, ones_p, value=-1).addcmul_(high, ones_n, value=-1)
     s = safe_divide(r, z)
-    # xᵀ-part: Wᵀs = W⁺ᵀs + W⁻ᵀs, so two transposed convolutions (one call when possible) serve all three terms
+    # Wᵀs = W⁺ᵀs + W⁻ᵀs, so two transposed convolutions (one call when possible) serve all three terms
     if m.groups == 1:
         back = conv_transpose(m, s, torch.cat([wp, wn], dim=1), (x.shape[0], 2 * x.shape[1]) + x.shape[2:])
         bp, bn = back.split(x.shape[1], dim=1)

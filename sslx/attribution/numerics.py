@@ -17,11 +17,6 @@ def nonzero(t: Tensor) -> Tensor:
     return torch.ne(t, 0, out=torch.empty_like(t))
 
 
-def keep(t: Tensor, mask: Tensor) -> Tensor:
-    """t where the boolean mask is set, 0 elsewhere (no dtype conversion of the mask)."""
-    return torch.where(mask, t, 0.0)
-
-
 def safe_divide(a: Tensor, b: Tensor) -> Tensor:
     """a / (b + 1e-9) where b != 0, else 0 (the reference's guard, stabiliser added whatever b's sign).
 
@@ -40,12 +35,11 @@ def _stabilized(b: Tensor) -> Tensor:
     return den.add_(torch.eq(den, 0, out=torch.empty_like(den)), alpha=STABILIZER)
 
 
-def safe_divide_nonnegative_(a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
-    """safe_divide(a, b) for b >= 0, overwriting b (a buffer the caller owns); writes into `out` if given."""
+def safe_divide_nonnegative_(a: Tensor, b: Tensor) -> Tensor:
+    """safe_divide(a, b) for b >= 0, overwriting b (a buffer the caller owns)."""
     mask = nonzero(b)
     b.add_(STABILIZER)  # b >= 0, so b + 1e-9 > 0: no second guard needed
-    out = torch.mul(a, mask, out=mask if out is None else out)
-    return out.div_(b)
+    return torch.mul(a, mask, out=mask).div_(b)
 
 
 def per_image_sum(t: Tensor) -> Tensor:
