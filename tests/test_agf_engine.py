@@ -7,7 +7,8 @@ import torchvision
 from sslx import AGF, explain
 from sslx.explain_api import METHODS
 from sslx.attribution.agf_conv import factorization
-from sslx.attribution.graph import UnsupportedOperationError
+from sslx.attribution.graph import ModelGraph, UnsupportedOperationError
+from sslx.attribution.propagation import vjp
 from sslx.attribution.numerics import delta_shift, safe_divide
 
 
@@ -271,3 +272,21 @@ def test_walk_split_into_single_images_changes_no_number():
     assert (whole - split).abs().max() <= 1e-12 * whole.abs().max()
     with pytest.raises(ValueError, match="walk_bytes"):
         AGF(model, walk_bytes=-1)
+
+
+@pytest.mark.parametrize("pool", [nn.MaxPool2d(3, 2, 1), nn.MaxPool2d(2), nn.MaxPool2d(3, 2, ceil_mode=True),
+                                  nn.MaxPool2d((2, 3), (1, 2), (1, 1), dilation=(1, 2))])
+def test_max_pool_vjp_equals_autograd_with_overlapping_windows(pool):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 11, 11, dtype=torch.float64)
+    x[0, 0, :4, :4] = 0.0  # ties: autograd and the indices pass must pick the same arg-max
+    cotangents = [torch.randn_like(pool(x)) for _ in range(2)]
+    step = ModelGraph(nn.Sequential(nn.Conv2d(3, 3, 1), pool, nn.Flatten(), nn.LazyLinear(2))).steps
+    pool_step = next(s for s in step.values() if s.module is pool)
+    fast = vjp(pool_step, x, cotangents)
+    xg = x.clone().requires_grad_(True)
+    y = pool(xg)
+    for got, c in zip(fast, cotangents):
+        expected = torch.autograd.grad(y, xg, c, retain_graph=True)[0]
+        assert torch.equal(got, expected)
+    assert fast[0].abs().sum() > 0

@@ -5,6 +5,7 @@ from typing import Any, Callable, Optional
 
 import torch
 import torch.fx as fx
+import torch.nn as nn
 from torch import Tensor
 
 from .graph import ADD, ADD_CONST, INPUT, NORM, PASS, POOL, RELU, RESHAPE, ModelGraph, Step
@@ -73,10 +74,25 @@ def vjp(step: Step, x: Tensor, cotangents: list[Tensor]) -> list[Tensor]:
     if step.kind == RELU:
         positive = torch.gt(x, 0, out=torch.empty_like(x))
         return [c * positive for c in cotangents]
+    if isinstance(step.module, nn.MaxPool2d) and x.dim() == 4:
+        return _max_pool_vjp(step.module, x, cotangents)
     with torch.enable_grad():
         xg = x.detach().requires_grad_(True)
         y = step.op(xg)
         return [torch.autograd.grad(y, xg, c, retain_graph=True)[0] for c in cotangents]
+
+
+def _max_pool_vjp(m: nn.MaxPool2d, x: Tensor, cotangents: list[Tensor]) -> list[Tensor]:
+    """MaxPool2d's vector-Jacobian products from one indices pass (no autograd graph): each cotangent goes
+    back to its window's arg-max, summed where windows overlap."""
+    args = (m.kernel_size, m.stride if m.stride is not None else m.kernel_size, m.padding, m.dilation, m.ceil_mode)
+    args = tuple(_pair(a) for a in args[:4]) + (bool(args[4]),)
+    _, indices = torch.ops.aten.max_pool2d_with_indices(x, *args)
+    return [torch.ops.aten.max_pool2d_with_indices_backward(c, x, *args, indices) for c in cotangents]
+
+
+def _pair(v: Any) -> list[int]:
+    return [int(v), int(v)] if isinstance(v, int) else [int(i) for i in v]
 
 
 def z_rule(step: Step, x: Tensor, y: Tensor, r: Tensor, g: Grad) -> tuple[list, list]:
