@@ -60,7 +60,11 @@ def per_image_min(t: Tensor) -> Tensor:
 def per_image_dot(a: Tensor, b: Tensor) -> Tensor:
     """Σ a·b over all non-batch dims in one read of each (no product tensor), kept broadcastable."""
     n = a.shape[0]
-    out = torch.bmm(a.reshape(n, 1, -1), b.reshape(n, -1, 1))
+    # On CPU, bmm/mm of 1×N by N×1 matrices can take tens of ms whatever N; dot and vecdot stream.
+    if n == 1:
+        out = torch.dot(a.reshape(-1), b.reshape(-1))
+    else:
+        out = torch.linalg.vecdot(a.reshape(n, -1), b.reshape(n, -1))
     return out.reshape((-1,) + (1,) * (a.dim() - 1))
 
 
