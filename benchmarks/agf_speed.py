@@ -8,8 +8,10 @@ Both timings come from the same run, interleaved round by round (AGF, then forwa
 changes hit both alike; the ratio is the median of the per-round ratios. Memory is the peak above the
 level before one call: resident memory of a fresh process on CPU, `torch.cuda.max_memory_allocated` on
 CUDA. `--reference PATH` times the authors' implementation (a checkout of github.com/shirgur/AGFVisualization;
-VGG-19 and ResNet-50 only) in the same run; without it the authors' column shows the CPU numbers of
-../shared/golden/timing_cpu.json (batch 1). Default batches: ResNet-50 1,8; VGG-19 1,4; AlexNet 1,8.
+VGG-19 and ResNet-50 only) in the same run, at the batch sizes of `--reference-batches` (default 1);
+otherwise (and for AlexNet) the authors' column shows the CPU batch-1 numbers of
+../shared/golden/timing_cpu.json. "faster" = authors' ratio / ours (target >= 3x).
+Default batches: ResNet-50 1,8; VGG-19 1,4; AlexNet 1,8.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import torchvision
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"resnet50": 2.5, "vgg19": 2.8, "alexnet": 2.2}  # AGF / (forward + input-gradient backward)
+SPEEDUP_TARGET = 3.0  # at least this many times faster than the authors' implementation
 DEFAULT_BATCHES = {"resnet50": (1, 8), "vgg19": (1, 4), "alexnet": (1, 8)}
 MEMORY_TARGET = 2.0  # AGF peak memory / forward+backward peak memory
 PER_IMAGE_SLACK = 1.05  # "per-image time never worse at a larger batch", allowing 5 % timing noise
@@ -53,7 +56,16 @@ class Row:
     ratio: float
     agf_mib: float | None = None
     fb_mib: float | None = None
-    authors: float | None = None
+    authors: float | None = None  # the authors' AGF / our forward+backward, same batch
+
+    @property
+    def speedup(self) -> float | None:
+        """How many times faster our AGF is than the authors' (their ratio over ours)."""
+        return None if self.authors is None else self.authors / self.ratio
+
+    @property
+    def speedup_met(self) -> bool:
+        return self.speedup is None or self.speedup >= SPEEDUP_TARGET
 
     @property
     def time_met(self) -> bool:
@@ -194,14 +206,15 @@ def measure(name: str, batches: list[int], args: argparse.Namespace, device: tor
     for b in batches:
         x = torch.randn(b, 3, args.size, args.size, device=device)
         fns = [lambda: agf.attribute(x), lambda: forward_backward(model, x)]
-        if ref is not None:
+        timed_ref = ref is not None and b in args.reference_batches
+        if timed_ref:
             fns.append(lambda: ref(x))
         times = interleaved(fns, args.rounds, device)
         ratio = statistics.median(a / f for a, f in zip(times[0], times[1]))
         row = Row(name, b, statistics.median(times[0]) / b, statistics.median(times[1]) / b, ratio)
-        if ref is not None:
+        if timed_ref:
             row.authors = statistics.median(r / f for r, f in zip(times[2], times[1]))
-        elif not args.reference and device.type == "cpu":
+        elif ref is None and b == 1 and device.type == "cpu":  # recorded numbers are CPU, batch 1
             row.authors = authors.get(name)
         if not args.no_memory:
             if device.type == "cuda":
@@ -216,7 +229,7 @@ def measure(name: str, batches: list[int], args: argparse.Namespace, device: tor
 
 
 HEADER = (f"{'model':<9}{'B':>3}{'AGF s/img':>11}{'fwd+bwd s/img':>15}{'ratio':>8}{'target':>8}{'met':>5}"
-          f"{'AGF MiB':>9}{'fwd+bwd MiB':>13}{'mem':>7}{'met':>5}{'authors':>9}")
+          f"{'AGF MiB':>9}{'fwd+bwd MiB':>13}{'mem':>7}{'met':>5}{'authors':>9}{'faster':>8}{'met':>5}")
 
 
 def _fmt(v: float | None, spec: str, suffix: str = "") -> str:
@@ -229,13 +242,16 @@ def format_row(r: Row) -> str:
     return (f"{r.model:<9}{r.batch:>3}{r.agf_s:>11.4f}{r.fb_s:>15.4f}{r.ratio:>7.2f}x"
             f"{_fmt(target, '.1f', 'x'):>8}{'yes' if r.time_met else 'NO':>5}"
             f"{_fmt(r.agf_mib, '.0f'):>9}{_fmt(r.fb_mib, '.0f'):>13}{_fmt(r.memory_ratio, '.2f', 'x'):>7}"
-            f"{'yes' if r.memory_met else 'NO':>5}{_fmt(r.authors, '.1f', 'x'):>9}")
+            f"{'yes' if r.memory_met else 'NO':>5}{_fmt(r.authors, '.1f', 'x'):>9}"
+            f"{_fmt(r.speedup, '.1f', 'x'):>8}{'yes' if r.speedup_met else 'NO':>5}")
 
 
 def failures(rows: list[Row]) -> list[str]:
     """Every target a row (or a model's batch series) misses."""
     out = [f"{r.model} B={r.batch}: ratio {r.ratio:.2f}x > {TARGETS[r.model]}x" for r in rows if not r.time_met]
     out += [f"{r.model} B={r.batch}: memory {r.memory_ratio:.2f}x > {MEMORY_TARGET}x" for r in rows if not r.memory_met]
+    out += [f"{r.model} B={r.batch}: {r.speedup:.1f}x faster than the authors' code < {SPEEDUP_TARGET}x"
+            for r in rows if not r.speedup_met]
     for small in rows:
         for large in rows:
             if large.model == small.model and large.batch > small.batch and large.agf_s > small.agf_s * PER_IMAGE_SLACK:
@@ -254,6 +270,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--reference", default=None, help="a checkout of the authors' AGFVisualization")
+    parser.add_argument("--reference-batches", default="1",
+                        help="batch sizes at which the authors' code is timed (default 1; 'all' for every batch)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     parser.add_argument("--measure-memory", default=None, help=argparse.SUPPRESS)  # internal: one measurement
     return parser.parse_args(argv)
@@ -262,6 +280,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Print the table and whether every target is met; exit status 0 either way (a report, not a test)."""
     args = parse_args(argv)
+    args.reference_batches = (range(1, 1 << 30) if args.reference_batches == "all"
+                              else {int(b) for b in args.reference_batches.split(",")})
     torch.set_num_threads(args.threads)
     if args.measure_memory:
         print(measure_memory_here(args.models, args.measure_memory, int(args.batches), args.size))
@@ -275,7 +295,10 @@ def main(argv: list[str] | None = None) -> int:
           f"interleaved rounds; targets: ratio per model, memory <= {MEMORY_TARGET}x, per-image time not worse "
           f"at a larger batch (5 % slack)")
     if args.reference:
-        print(f"authors: their AGF / our fwd+bwd measured now from {args.reference}")
+        print(f"authors: their AGF / our fwd+bwd measured now from {args.reference} at B in "
+              f"{'all' if isinstance(args.reference_batches, range) else sorted(args.reference_batches)}; "
+              f"models they lack: {source}" if device.type == "cpu" else
+              f"authors: their AGF / our fwd+bwd measured now from {args.reference}")
     else:
         print(f"authors: {source}" if device.type == "cpu" else "authors: no recorded GPU numbers (use --reference)")
     print(HEADER, flush=True)

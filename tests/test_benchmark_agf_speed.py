@@ -49,3 +49,13 @@ def test_recorded_authors_numbers_say_where_they_come_from(monkeypatch, tmp_path
     monkeypatch.setattr(agf_speed, "TIMING_FILE", tmp_path / "missing.json")
     ratios, source = agf_speed.recorded_authors_ratios()
     assert ratios["vgg19"] == pytest.approx(8.89) and "file not found" in source
+
+
+def test_speedup_over_the_authors_is_their_ratio_over_ours():
+    fast = agf_speed.Row("vgg19", 1, 1.0, 0.4, 2.5, authors=8.9)
+    slow = agf_speed.Row("resnet50", 1, 1.0, 0.4, 2.5, authors=6.0)
+    assert fast.speedup == pytest.approx(3.56) and fast.speedup_met
+    assert slow.speedup == pytest.approx(2.4) and not slow.speedup_met
+    assert agf_speed.failures([fast]) == []
+    assert agf_speed.failures([slow]) == ["resnet50 B=1: 2.4x faster than the authors' code < 3.0x"]
+    assert "3.6x" in agf_speed.format_row(fast)
