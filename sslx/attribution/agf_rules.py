@@ -58,12 +58,12 @@ def linear_c_rule(x: Tensor, weight: Tensor, r: Tensor, g: Tensor | None,
     back = g_in = None
     for start in range(0, weight.shape[0], rows):
         w = weight[start:start + rows]
+        if g is not None:  # first, so that the block of W is read from memory once and then hit in cache
+            gb = g[:, start:start + rows]
+            g_in = gb @ w if g_in is None else g_in.addmm_(gb, w)
         wa = torch.abs(w, out=block[:w.shape[0]])
         s = safe_divide_nonnegative_(r[:, start:start + rows], F.linear(xa, wa))
         back = s @ wa if back is None else back.addmm_(s, wa)
-        if g is not None:
-            gb = g[:, start:start + rows]
-            g_in = gb @ w if g_in is None else g_in.addmm_(gb, w)
     return back.mul_(xa), g_in  # `back` is this rule's own buffer
 
 
