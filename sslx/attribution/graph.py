@@ -134,6 +134,12 @@ class _HookFreeTracer(fx.Tracer):
     def call_module(self, m: nn.Module, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         return super().call_module(m, m.forward, args, kwargs)
 
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        # a subclass that keeps nn.Linear's forward (sslx.cluster_head.ClusterHead) is a Linear step too
+        if isinstance(m, nn.Linear) and type(m).forward is nn.Linear.forward:
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
 
 class ModelGraph:
     """A traced model: typed steps in topological order, runnable without touching the model's state."""
