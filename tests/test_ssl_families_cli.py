@@ -68,3 +68,25 @@ def test_probe_kind_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--model", str(path), "--kind", "barlow", "--out", str(tmp_path / "o"), *TINY])
     assert "unknown --kind 'barlow'" in capsys.readouterr().err
+
+
+def test_explain_cli_on_moco_needs_and_uses_a_cluster_head(tmp_path, capsys):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from sslx.cli_explain import main as explain_main
+    from sslx.cluster_head import ClusterHead
+
+    path, _ = _write("moco", tmp_path)
+    image = tmp_path / "img.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(image)
+    assert explain_main([str(image), "--model", str(path), "--out", str(tmp_path / "o.png")]) == 2
+    assert "--cluster-head" in capsys.readouterr().err
+    heads = tmp_path / "ref.index.clusters.pt"
+    ClusterHead.fit(torch.randn(50, 2048, generator=torch.Generator().manual_seed(0)), 4).save(heads)
+    assert explain_main([str(image), "--model", str(path), "--cluster-head", str(heads), "--method", "gradcam",
+                         "--out", str(tmp_path / "o.png")]) == 0
+    printed = capsys.readouterr().out
+    assert "k-means head (K=4)" in printed or "cluster" in printed
+    assert (tmp_path / "o.png").is_file()
