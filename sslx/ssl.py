@@ -90,6 +90,15 @@ def _check_index_and_k(index: Any, k: object) -> int:
     return k
 
 
+def _neighbors(index: Any, features: Tensor, k: int, exclude_ids: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(ids B×k, L_N B×D): the k nearest reference items of each row and their mean features."""
+    _, ids = index.search(features, k, exclude_ids)
+    if bool((ids < 0).any()):
+        raise RuntimeError("the index returned fewer than k neighbours (raise nprobe for IVF indexes)")
+    neighbor = index.features_of(ids.cpu()).to(dtype=features.dtype, device=features.device).mean(dim=1)
+    return ids, neighbor
+
+
 def _check_unmodified(model: nn.Module, x: Tensor, features: Tensor, head: nn.Linear) -> None:
     """Raise unless model(x) is head(backbone(x)): Algorithm 2 explains M = ϕτ ∘ ϕF itself."""
     direct, composed = model(x), head(features)
@@ -133,10 +142,7 @@ def explain(model: nn.Module, x: Tensor, index: Any, mode: str = "delta", method
                              f"B×{head.in_features}")
         if features.shape[1] != index.dim:
             raise ValueError(f"the index holds {index.dim}-d features, the model's are {features.shape[1]}-d")
-        _, ids = index.search(features, k, exclude_ids)
-        if bool((ids < 0).any()):
-            raise RuntimeError("the index returned fewer than k neighbours (raise nprobe for IVF indexes)")
-        neighbor = index.features_of(ids.cpu()).to(dtype=features.dtype, device=features.device).mean(dim=1)
+        ids, neighbor = _neighbors(index, features, k, exclude_ids)
         offset = mode_offset(neighbor, mode)
         logits = head(features + offset)
         if explain_model == "unmodified":
@@ -194,10 +200,7 @@ def explain_similarity(model: nn.Module, x: Tensor, index: Any, method: str = "a
         if features.dim() != 2 or features.shape[1] != index.dim:
             raise ValueError(f"backbone features have shape {tuple(features.shape)}, the index holds "
                              f"{index.dim}-d features")
-        _, ids = index.search(features, k, exclude_ids)
-        if bool((ids < 0).any()):
-            raise RuntimeError("the index returned fewer than k neighbours (raise nprobe for IVF indexes)")
-        neighbor = index.features_of(ids.cpu()).to(dtype=features.dtype, device=features.device).mean(dim=1)
+        ids, neighbor = _neighbors(index, features, k, exclude_ids)
         norms = neighbor.norm(dim=1, keepdim=True)
         if bool((norms == 0).any()):
             raise ValueError("a neighbour's features are all zero: the cosine similarity is undefined")
