@@ -43,8 +43,9 @@ class ExplainableModel:
 
 
 # ---------------------------------------------------------------------------------------- models
-def load_model(spec: str) -> ExplainableModel:
-    """The model named by `spec`: an embedded name ("vgg", "resnet", "rotnet", "sela", "scan") or a checkpoint path."""
+def load_model(spec: str, kind: str | None = None) -> ExplainableModel:
+    """The model named by `spec`: an embedded name ("vgg", "resnet", "rotnet", "sela", "scan") or a checkpoint path
+    (`kind`: its ssl_models family, for files whose keys do not tell it)."""
     from sslx.assets import EMBEDDED, SUPERVISED, asset_path, training_command
     from ssl_models import CheckpointError
 
@@ -65,6 +66,8 @@ def load_model(spec: str) -> ExplainableModel:
             return _sslx_supervised(path)
         if spec in EMBEDDED:  # trained on the 128×128 scenes, whatever input size the loader assumes for the family
             return _ssl_model(path, kind=spec, input_size=SCENES_INPUT_SIZE)
+        if kind is not None:
+            return _ssl_model(path, kind=kind)
         return _from_checkpoint(path)
     except (CheckpointError, ValueError, TypeError, KeyError, RuntimeError) as exc:
         raise UsageError(f"cannot load model {spec!r}: {exc}") from None
@@ -211,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="embedded model vgg|resnet|rotnet|sela|scan, or a checkpoint path: sslx supervised, "
                              "SCAN/SeLa/RotNet (ssl_models.load) or torchvision {'arch', 'state_dict'} (default: vgg)")
+    parser.add_argument("--kind", default=None, help="ssl_models family of a checkpoint whose keys do not tell it "
+                        "(simclr or byol for converted torchvision ResNets, dino / vicreg for backbone-only files)")
     parser.add_argument("--cluster-head", default=None, help="for head-less SSL models (MoCo, VICReg, ...): a "
                         "ClusterHead file (k-means on reference features) whose clusters are explained")
     parser.add_argument("--method", default="agf", help="explanation method(s), comma-separated (default: agf)")
@@ -296,7 +301,7 @@ def run(args: argparse.Namespace) -> list[str]:
         device = torch.device(args.device)
     except RuntimeError as exc:
         raise UsageError(f"--device: {exc}") from None
-    model = with_cluster_head(load_model(args.model), args.cluster_head)
+    model = with_cluster_head(load_model(args.model, args.kind), args.cluster_head)
     result = explain_files(model, args.images, methods, args.target, device)
     save_overlays(model, args.images, result, out, args.alpha)
     return [*report_lines(model, args.images, result), f"wrote {out}"]

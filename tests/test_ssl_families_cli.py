@@ -90,3 +90,8 @@ def test_explain_cli_on_moco_needs_and_uses_a_cluster_head(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "k-means head (K=4)" in printed or "cluster" in printed
     assert (tmp_path / "o.png").is_file()
+    converted = write_converted(tmp_path / "byol.pth")[1]
+    assert explain_main([str(image), "--model", str(converted), "--out", str(tmp_path / "b.png")]) == 2
+    assert "kind='simclr' / 'byol'" in capsys.readouterr().err
+    assert explain_main([str(image), "--model", str(converted), "--kind", "byol", "--method", "gradcam",
+                         "--out", str(tmp_path / "b.png")]) == 0
