@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import time
 
 # torch and faiss each bring an OpenMP runtime; spinning idle threads of one would steal the few cores
 # from the other and distort the comparison. Must be set before either library is imported.
@@ -18,33 +17,13 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from _timing import clustered_data, timed  # noqa: E402
 from sslx.neighbors import FeatureIndex  # noqa: E402
-
-
-def clustered_data(n: int, d: int, queries: int, clusters: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Return (base N×D, queries Q×D) float32 points: N(0, 1) cluster centres plus N(0, noise²) offsets."""
-    rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((clusters, d), dtype=np.float32)
-    base = centers[rng.integers(0, clusters, n)]
-    base += noise * rng.standard_normal((n, d), dtype=np.float32)
-    query = centers[rng.integers(0, clusters, queries)]
-    query += noise * rng.standard_normal((queries, d), dtype=np.float32)
-    return base, query
 
 
 def brute_force(base: torch.Tensor, queries: torch.Tensor, batch: int = 256) -> torch.Tensor:
     """Return the position of each query's nearest base vector (batched cdist + argmin)."""
     return torch.cat([torch.cdist(q, base).argmin(dim=1) for q in queries.split(batch)])
-
-
-def timed(fn, *args, repeats: int = 1, **kwargs):
-    """Return (result, fastest wall time over `repeats` calls): the minimum is least disturbed by other load."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn(*args, **kwargs)
-        best = min(best, time.perf_counter() - start)
-    return out, best
 
 
 def main() -> None:

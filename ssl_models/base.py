@@ -36,6 +36,7 @@ class SSLModel(nn.Module):
         backbone: nn.Sequential,
         heads: Sequence[nn.Linear],
         *,
+        projector: nn.Module | None = None,
         layers: Sequence[str],
         preprocess: Preprocess,
         info: dict[str, Any] | None = None,
@@ -43,26 +44,30 @@ class SSLModel(nn.Module):
         fixed_input_size: int | None = None,
     ) -> None:
         super().__init__()
-        if not heads:
-            raise ValueError("an SSLModel needs at least one head")
         names = [name for name, _ in backbone.named_children()]
         unknown = [name for name in layers if name not in names]
         if unknown:
             raise ValueError(f"layers {unknown} are not children of the backbone ({names})")
         self.backbone = backbone
         self.heads = nn.ModuleList(heads)
+        self.projector = projector  # the SSL training projection MLP, kept for reference; not part of forward
         self.layers: tuple[str, ...] = tuple(layers)
         self.preprocess = preprocess
         self.fixed_input_size = fixed_input_size
         self.info: dict[str, Any] = dict(info or {})
-        self._head_index = check_head_index(head_index, len(self.heads))
+        self._head_index = check_head_index(head_index, len(self.heads)) if self.heads else 0
         self._sync_head_info()
         self.register_forward_pre_hook(_validate_input)
 
     @property
-    def head(self) -> nn.Linear:
-        """The selected SSL head (an nn.Linear on the penultimate features)."""
-        return self.heads[self._head_index]
+    def head(self) -> nn.Linear | None:
+        """The selected SSL head (an nn.Linear on the penultimate features), None for a head-less model."""
+        return self.heads[self._head_index] if len(self.heads) else None
+
+    @property
+    def has_head(self) -> bool:
+        """Whether the checkpoint carries an SSL classifier (cluster heads, prototypes, DINO head)."""
+        return len(self.heads) > 0
 
     @property
     def head_index(self) -> int:
@@ -71,6 +76,9 @@ class SSLModel(nn.Module):
 
     def select_head(self, index: int) -> "SSLModel":
         """Make `heads[index]` the head used by forward; returns self."""
+        if not self.heads:
+            raise ValueError(f"this {self.info.get('kind', 'SSL')} model has no SSL head to select; fit one with "
+                             "sslx.cluster_head.ClusterHead")
         self._head_index = check_head_index(index, len(self.heads))
         self._sync_head_info()
         return self
@@ -78,7 +86,7 @@ class SSLModel(nn.Module):
     def _sync_head_info(self) -> None:
         self.info["head"] = self._head_index
         self.info["num_heads"] = len(self.heads)
-        self.info["K"] = self.head.out_features
+        self.info["K"] = self.head.out_features if self.heads else None
 
     def check_input(self, x: object) -> Tensor:
         """Raise TypeError/ValueError unless `x` is an image batch this model can take."""
@@ -101,8 +109,9 @@ class SSLModel(nn.Module):
         return self.backbone(self.check_input(x))
 
     def forward(self, x: Tensor) -> Tensor:
-        """Logits of the selected head, B×K."""
-        return self.head(self.backbone(x))
+        """Logits of the selected head, B×K (the B×D features for a head-less model)."""
+        features = self.backbone(x)
+        return features if not self.heads else self.heads[self._head_index](features)
 
     def truncate(self, name: str) -> nn.Sequential:
         """A module mapping images to the B×C×H×W output of layer `name`, sharing this model's weights."""

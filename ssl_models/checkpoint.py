@@ -36,6 +36,9 @@ def unwrap_checkpoint(obj: object) -> RawCheckpoint:
         raise CheckpointError("the file holds an empty dict (no weights)")
     if all(isinstance(value, Tensor) for value in obj.values()):
         return RawCheckpoint("plain state_dict", None, _strip_module(obj), {}, [])
+    special = _two_part_checkpoint(obj)
+    if special is not None:
+        return special
     wrappers = [key for key in WRAPPER_KEYS if isinstance(obj.get(key), Mapping)]
     if not wrappers:
         raise CheckpointError(
@@ -54,6 +57,31 @@ def unwrap_checkpoint(obj: object) -> RawCheckpoint:
     meta = {name: value for name, value in obj.items() if name != key}
     layout = "{" + ", ".join(repr(name) for name in obj) + "}"
     return RawCheckpoint(layout, key, _strip_module(state), meta, [])
+
+
+def _two_part_checkpoint(obj: Mapping[str, Any]) -> RawCheckpoint | None:
+    """DINO {'student','teacher',...} (the teacher is used) and the SimCLRv2 converter's {'resnet','head'}."""
+    layout = "{" + ", ".join(repr(name) for name in obj) + "}"
+    if isinstance(obj.get("teacher"), Mapping) and isinstance(obj.get("student"), Mapping):
+        state = _tensor_dict(obj["teacher"], "teacher")
+        meta = {name: value for name, value in obj.items() if name not in ("teacher", "student")}
+        return RawCheckpoint(layout, "teacher", _strip_module(state), meta,
+                             ["DINO full checkpoint: the teacher's weights are used, the student is ignored"])
+    if isinstance(obj.get("resnet"), Mapping) and isinstance(obj.get("head"), Mapping):
+        merged = {f"resnet.{key}": value for key, value in _tensor_dict(obj["resnet"], "resnet").items()}
+        merged.update({f"head.{key}": value for key, value in _tensor_dict(obj["head"], "head").items()})
+        meta = {name: value for name, value in obj.items() if name not in ("resnet", "head")}
+        return RawCheckpoint(layout, "resnet+head", _strip_module(merged), meta, [])
+    return None
+
+
+def _tensor_dict(state: Mapping[Any, Any], key: str) -> Mapping[Any, Tensor]:
+    if not state:
+        raise CheckpointError(f"the state_dict under {key!r} is empty")
+    bad = [str(name) for name, value in state.items() if not isinstance(value, Tensor)]
+    if bad:
+        raise CheckpointError(f"the state_dict under {key!r} has non-tensor entries: {summarize_keys(bad)}")
+    return state
 
 
 def _strip_module(state: Mapping[Any, Tensor]) -> dict[str, Tensor]:

@@ -7,7 +7,7 @@ from numbers import Integral
 from pathlib import Path
 from types import ModuleType
 
-from ssl_models import rotnet, scan, sela
+from ssl_models import byol, converted, dino, moco, rotnet, scan, sela, simclr, swav, torchvision_backbone, vicreg
 from ssl_models.base import SSLModel
 from ssl_models.checkpoint import RawCheckpoint, unwrap_checkpoint
 from ssl_models.errors import CheckpointError
@@ -16,15 +16,24 @@ from ssl_models.serialization import read_checkpoint
 
 logger = logging.getLogger("ssl_models")
 
-FAMILIES: dict[str, ModuleType] = {"scan": scan, "sela": sela, "rotnet": rotnet}
+FAMILIES: dict[str, ModuleType] = {
+    "scan": scan, "sela": sela, "rotnet": rotnet, "moco": moco, "swav": swav, "dino": dino, "vicreg": vicreg,
+    "simclr": simclr, "byol": byol, "torchvision": torchvision_backbone,
+}
 KINDS = tuple(FAMILIES)
+# Families whose published files include a backbone-only torchvision ResNet (no SSL marker in the keys).
+BARE_TRUNK_KINDS = ("dino", "vicreg", "moco", "swav", "simclr", "byol")
+# Families whose converted files are a torchvision ResNet with its supervised fc.
+TORCHVISION_FC_KINDS = ("simclr", "byol")
 
 
 def load(path: str | os.PathLike[str], kind: str | None = None, head: int | None = None,
          *, variant: str | None = None) -> SSLModel:
-    """Load a SCAN, SeLa or RotNet checkpoint as an eval-mode SSLModel on the CPU.
+    """Load a SCAN / SeLa / RotNet / MoCo / SwAV / DINO / VICReg / SimCLR / BYOL checkpoint as an eval-mode SSLModel.
 
-    kind: "scan" | "sela" | "rotnet", or None to detect it from the keys; head: which SSL head the
+
+    kind: one of KINDS ("scan", "sela", "rotnet", "moco", "swav", "dino", "vicreg", "simclr", "byol",
+    "torchvision"), or None to detect it from the keys; head: which SSL head the
     forward uses (default: SCAN's stored best head, else head 0); variant: only for SCAN ResNet-18
     files, whose CIFAR ("cifar", default) and STL-10 ("stl") models have identical keys.
     """
@@ -50,7 +59,7 @@ def load(path: str | os.PathLike[str], kind: str | None = None, head: int | None
     model.info.update(source=str(path), layout=raw.layout)
     model.eval()
     logger.info(
-        "loaded %s %s from %s: head %d of %d (%s), K=%d",
+        "loaded %s %s from %s: head %d of %d (%s), K=%s",
         model.info["kind"], model.info["variant"], path, model.head_index, len(model.heads),
         model.info["head_source"], model.info["K"],
     )
@@ -63,6 +72,8 @@ def detect_kind(raw: RawCheckpoint, requested: str | None = None) -> str:
     A bare torchvision ResNet state_dict carries no SSL marker; it is taken as SeLa only when requested.
     """
     matches = [name for name, family in FAMILIES.items() if family.looks_like(raw)]
+    if matches == ["torchvision"] and requested in BARE_TRUNK_KINDS:
+        return requested
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
@@ -70,11 +81,14 @@ def detect_kind(raw: RawCheckpoint, requested: str | None = None) -> str:
     if requested == "sela" and sela.is_torchvision(raw.state):
         raw.notes.append("plain torchvision ResNet layout loaded as SeLa because kind='sela' was given")
         return "sela"
+    if requested in TORCHVISION_FC_KINDS and converted.is_torchvision_with_fc(raw):
+        return requested
     expected = "; ".join(f"{name}: {family.EXPECTED_KEYS}" for name, family in FAMILIES.items())
     hint = ""
     if "conv1.weight" in raw.state and "fc.weight" in raw.state:
-        hint = (" (this looks like a plain torchvision ResNet; SeLa *_pp files are recognised by their "
-                "{'state_dict', 'labels'} wrapper, or pass kind='sela')")
+        hint = (" (this looks like a plain torchvision ResNet with fc; SeLa *_pp files are recognised by their "
+                "{'state_dict', 'labels'} wrapper; pass kind='sela', or kind='simclr' / 'byol' for converted "
+                "SimCLR v1 / BYOL files)")
     raise CheckpointError(
         f"unknown checkpoint layout{hint}: expected {expected}; found {summarize_keys(raw.state)} "
         f"in a {raw.layout}"

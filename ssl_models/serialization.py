@@ -1,6 +1,7 @@
 """Safe checkpoint reading (weights_only, numpy scalars allow-listed) and atomic checkpoint writing."""
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
 import re
@@ -23,6 +24,7 @@ _SAFE_NUMPY_GLOBALS: list[Any] = [
     (_NUMPY_SCALAR, "numpy.core.multiarray.scalar"),
     (_NUMPY_SCALAR, "numpy._core.multiarray.scalar"),
     np.dtype,
+    argparse.Namespace,  # DINO stores its command-line arguments next to the weights (plain data, no code)
     # under numpy 2 a dtype unpickles as an instance of its DType class, which then needs BUILD
     *(type(np.dtype(t)) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
                                    np.uint32, np.uint64, np.float16, np.float32, np.float64)),

@@ -16,6 +16,8 @@ DEFAULT_OUT = "explanation.png"
 SCENES_INPUT_SIZE = 128  # the embedded supervised classifiers were trained on 128×128 scenes
 TORCHVISION_INPUT_SIZE = 224
 ROTATION_NAMES = ("0°", "90°", "180°", "270°")
+# MoCo files share the {'arch', 'state_dict'} wrapper of torchvision classifiers; their keys tell them apart.
+MOCO_PREFIXES = ("encoder_q.", "base_encoder.")
 
 
 class UsageError(Exception):
@@ -41,8 +43,9 @@ class ExplainableModel:
 
 
 # ---------------------------------------------------------------------------------------- models
-def load_model(spec: str) -> ExplainableModel:
-    """The model named by `spec`: an embedded name ("vgg", "resnet", "rotnet", "sela", "scan") or a checkpoint path."""
+def load_model(spec: str, kind: str | None = None) -> ExplainableModel:
+    """The model named by `spec`: an embedded name ("vgg", "resnet", "rotnet", "sela", "scan") or a checkpoint path
+    (`kind`: its ssl_models family, for files whose keys do not tell it)."""
     from sslx.assets import EMBEDDED, SUPERVISED, asset_path, training_command
     from ssl_models import CheckpointError
 
@@ -63,6 +66,8 @@ def load_model(spec: str) -> ExplainableModel:
             return _sslx_supervised(path)
         if spec in EMBEDDED:  # trained on the 128×128 scenes, whatever input size the loader assumes for the family
             return _ssl_model(path, kind=spec, input_size=SCENES_INPUT_SIZE)
+        if kind is not None:
+            return _ssl_model(path, kind=kind)
         return _from_checkpoint(path)
     except (CheckpointError, ValueError, TypeError, KeyError, RuntimeError) as exc:
         raise UsageError(f"cannot load model {spec!r}: {exc}") from None
@@ -82,7 +87,9 @@ def _from_checkpoint(path: Path) -> ExplainableModel:
     obj = _peek(path)
     if isinstance(obj, dict) and set(obj) == SUPERVISED_KEYS:
         return _sslx_supervised(path)
-    if isinstance(obj, dict) and isinstance(obj.get("arch"), str) and isinstance(obj.get("state_dict"), dict):
+    if isinstance(obj, dict) and isinstance(obj.get("arch"), str) and isinstance(obj.get("state_dict"), dict) \
+            and not any(str(key).split(".module.")[-1].removeprefix("module.").startswith(MOCO_PREFIXES)
+                        for key in obj["state_dict"]):
         return _torchvision(obj["arch"], obj["state_dict"], path)
     return _ssl_model(path, kind=None)
 
@@ -105,6 +112,31 @@ def _ssl_model(path: Path, kind: str | None, input_size: int | None = None) -> E
     names = ROTATION_NAMES if network.info.get("kind") == "rotnet" and network.info.get("K") == 4 else None
     return ExplainableModel(network, tuple(pre.mean), tuple(pre.std), input_size or pre.input_size, names,
                             f"{network.info.get('kind')} ({network.info.get('variant')}) from {path}")
+
+
+def with_cluster_head(model: ExplainableModel, cluster_head: str | None) -> ExplainableModel:
+    """A head-less SSL model completed by a saved ClusterHead (k-means clusters become its classes)."""
+    from dataclasses import replace
+
+    from sslx.cluster_head import ClusterHead, HeadedModel
+
+    headless = getattr(model.network, "head", 0) is None
+    if cluster_head is None:
+        if headless:
+            raise UsageError(f"{model.description} has no SSL classifier (a head-less model): pass --cluster-head FILE, "
+                             "a k-means head saved by sslx.cluster_head.ClusterHead.fit(index, k).save(FILE)")
+        return model
+    if not headless:
+        raise UsageError(f"--cluster-head is for head-less models; {model.description} has its own SSL head")
+    try:
+        head = ClusterHead.load(cluster_head)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(f"--cluster-head: {exc}") from None
+    dim = model.network.info.get("feature_dim")
+    if head.in_features != dim:
+        raise UsageError(f"--cluster-head holds {head.in_features}-d centroids, the model's features are {dim}-d")
+    network = HeadedModel(model.network.backbone, head.to(next(model.network.parameters()).dtype)).eval()
+    return replace(model, network=network, description=f"{model.description} + k-means head (K={head.out_features})")
 
 
 def _torchvision(arch: str, state: dict, path: Path) -> ExplainableModel:
@@ -182,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="embedded model vgg|resnet|rotnet|sela|scan, or a checkpoint path: sslx supervised, "
                              "SCAN/SeLa/RotNet (ssl_models.load) or torchvision {'arch', 'state_dict'} (default: vgg)")
+    parser.add_argument("--kind", default=None, help="ssl_models family of a checkpoint whose keys do not tell it "
+                        "(simclr or byol for converted torchvision ResNets, dino / vicreg for backbone-only files)")
+    parser.add_argument("--cluster-head", default=None, help="for head-less SSL models (MoCo, VICReg, ...): a "
+                        "ClusterHead file (k-means on reference features) whose clusters are explained")
     parser.add_argument("--method", default="agf", help="explanation method(s), comma-separated (default: agf)")
     parser.add_argument("--target", default="top", help="class to explain: 'top' (the prediction), an id or a class name")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"output PNG (default: {DEFAULT_OUT})")
@@ -265,7 +301,7 @@ def run(args: argparse.Namespace) -> list[str]:
         device = torch.device(args.device)
     except RuntimeError as exc:
         raise UsageError(f"--device: {exc}") from None
-    model = load_model(args.model)
+    model = with_cluster_head(load_model(args.model, args.kind), args.cluster_head)
     result = explain_files(model, args.images, methods, args.target, device)
     save_overlays(model, args.images, result, out, args.alpha)
     return [*report_lines(model, args.images, result), f"wrote {out}"]

@@ -33,8 +33,9 @@ def randomize_(model: nn.Module, seed: int) -> nn.Module:
                     module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.1)
             elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 c = module.num_features
-                module.weight.copy_(torch.rand(c, generator=gen) + 0.5)
-                module.bias.copy_(torch.randn(c, generator=gen) * 0.1)
+                if module.affine:
+                    module.weight.copy_(torch.rand(c, generator=gen) + 0.5)
+                    module.bias.copy_(torch.randn(c, generator=gen) * 0.1)
                 module.running_mean.copy_(torch.randn(c, generator=gen) * 0.1)
                 module.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
                 module.num_batches_tracked.fill_(int(torch.randint(1, 1000, (1,), generator=gen)))

@@ -137,8 +137,8 @@ def test_kind_contradicting_the_file(tmp_path, rotnet_state):
     path = save({"epoch": 1, "network": rotnet_state}, tmp_path / "r.pth")
     message = _load_error(path, kind="sela")
     assert "kind='sela' contradicts the file, which is a 'rotnet' checkpoint" in message
-    with pytest.raises(ValueError, match="unknown kind 'simclr'.*'scan', 'sela', 'rotnet'"):
-        ssl_models.load(path, kind="simclr")
+    with pytest.raises(ValueError, match="unknown kind 'barlow'.*'scan', 'sela', 'rotnet'"):
+        ssl_models.load(path, kind="barlow")
 
 
 def test_scan_pretext_rotnet_nin_and_deepcluster_are_rejected_by_name(tmp_path):

@@ -12,7 +12,7 @@ from torch import Tensor
 from .agf_conv import conv_rule
 from .agf_rules import RESIDUALS, AGFOptions, first_conv_zb, head_attribution, linear_rule
 from .forward import run_model
-from .graph import ADD, CONV, LINEAR, META, NORM, POOL, RELU, ModelGraph, Step
+from .graph import ADD, CONV, LINEAR, META, NORM, POOL, RELU, SMOOTH, ModelGraph, Step
 from .numerics import per_image_max
 from .propagation import Grad, norm_scale, propagate, structural_rule
 
@@ -135,7 +135,7 @@ def _values_read_backwards(graph: ModelGraph) -> set[fx.Node]:
             needed.add(step.inputs[0])
         elif step.kind == RELU:  # the ReLU rule needs its output only
             needed.add(node)
-        elif step.kind in (POOL, ADD):
+        elif step.kind in (POOL, ADD, SMOOTH):
             needed.add(node)
             needed.update(step.inputs)
     return needed

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .graph import ADD_CONST, CONV, INPUT, LINEAR, META, NORM, PASS, POOL, RELU, RESHAPE, ModelGraph
+from .graph import ADD_CONST, CONV, INPUT, LINEAR, META, NORM, PASS, POOL, RELU, RESHAPE, SMOOTH, ModelGraph
 from .lrp import run_model
 from .numerics import per_image_max, per_image_min
 
@@ -92,7 +92,7 @@ def default_cam_layer(graph: ModelGraph) -> fx.Node:
     (Linear, BatchNorm1d, ReLU, Dropout, flatten) and the pooling that feeds it (VGG: its last max-pool)."""
     def in_classifier(step: Any) -> bool:
         vector_norm = step.kind == NORM and isinstance(step.module, nn.BatchNorm1d)
-        return (step.kind in (LINEAR, RELU, PASS, RESHAPE, ADD_CONST) or vector_norm) and bool(step.inputs)
+        return (step.kind in (LINEAR, RELU, PASS, RESHAPE, ADD_CONST, SMOOTH) or vector_norm) and bool(step.inputs)
 
     node = graph.head.inputs[0]
     while in_classifier(graph.steps[node]):

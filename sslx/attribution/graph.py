@@ -17,6 +17,9 @@ from .convops import is_pointwise, pointwise_conv
 CONV, LINEAR, NORM, RELU, POOL, PASS, RESHAPE, ADD, ADD_CONST, INPUT, META = (
     "conv", "linear", "norm", "relu", "pool", "pass", "reshape", "add", "add_const", "input", "meta",
 )
+# A smooth single-input function (GELU, L2 normalisation: DINO's and SwAV's heads), propagated like a pool
+# through its own Jacobian (LRP-0: R_in = X ⊙ Jᵀ(R / Y)).
+SMOOTH = "smooth"
 
 _PASS_MODULES = (nn.Dropout, nn.Dropout2d, nn.Identity)
 _RESHAPE_METHODS = {"view", "reshape", "flatten", "contiguous", "squeeze", "unsqueeze"}
@@ -25,6 +28,7 @@ _ADD_FUNCTIONS = {operator.add, torch.add, operator.sub, torch.sub}
 _RELU_FUNCTIONS = {F.relu, torch.relu}
 _POOL_FUNCTIONS = {F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d}
 _META_FUNCTIONS = {getattr, operator.getitem}
+_SMOOTH_FUNCTIONS = {F.gelu, F.normalize}
 _META_METHODS = {"size", "dim"}
 
 
@@ -87,6 +91,8 @@ def _classify_module(node: fx.Node, module: nn.Module) -> Step:
         return Step(node, NORM, module)
     if isinstance(module, nn.ReLU):
         return Step(node, RELU, module, op=_module_op(module))
+    if isinstance(module, nn.GELU):
+        return Step(node, SMOOTH, module, op=lambda x, a=module.approximate: F.gelu(x, approximate=a))
     if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
         return Step(node, POOL, module, op=_module_op(module))
     if isinstance(module, _PASS_MODULES):
@@ -95,7 +101,7 @@ def _classify_module(node: fx.Node, module: nn.Module) -> Step:
         return Step(node, RESHAPE, module, op=_module_op(module))
     raise UnsupportedOperationError(
         f"unsupported layer {type(module).__name__} at {_describe(node)}; supported: Conv2d, Linear, "
-        "ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, AdaptiveMaxPool2d, BatchNorm1d/2d, Dropout, Identity, Flatten, add")
+        "ReLU, GELU, F.normalize, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, AdaptiveMaxPool2d, BatchNorm1d/2d, Dropout, Identity, Flatten, add")
 
 
 def _classify_call(node: fx.Node) -> Step:
@@ -119,6 +125,9 @@ def _classify_call(node: fx.Node) -> Step:
         if target in _POOL_FUNCTIONS:
             args, kwargs = node.args[1:], dict(node.kwargs)
             return Step(node, POOL, op=lambda x, f=target, a=args, k=kwargs: f(x, *a, **k))
+        if target in _SMOOTH_FUNCTIONS:
+            args, kwargs = node.args[1:], dict(node.kwargs)
+            return Step(node, SMOOTH, op=lambda x, f=target, a=args, k=kwargs: f(x, *a, **k))
         if target is F.dropout:
             return Step(node, PASS)
         if target in _META_FUNCTIONS:
@@ -133,6 +142,12 @@ class _HookFreeTracer(fx.Tracer):
 
     def call_module(self, m: nn.Module, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         return super().call_module(m, m.forward, args, kwargs)
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        # a subclass that keeps nn.Linear's forward (sslx.cluster_head.ClusterHead) is a Linear step too
+        if isinstance(m, nn.Linear) and type(m).forward is nn.Linear.forward:
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
 
 
 class ModelGraph:

@@ -8,7 +8,7 @@ import torch.fx as fx
 import torch.nn as nn
 from torch import Tensor
 
-from .graph import ADD, ADD_CONST, INPUT, NORM, PASS, POOL, RELU, RESHAPE, ModelGraph, Step
+from .graph import ADD, ADD_CONST, INPUT, NORM, PASS, POOL, RELU, RESHAPE, SMOOTH, ModelGraph, Step
 from .numerics import STABILIZER, safe_divide, scale_by_quotient
 
 Grad = Optional[Tensor]
@@ -138,7 +138,7 @@ def structural_rule(step: Step, inputs: list, y: Tensor, r: Tensor, g: Grad) -> 
         return [r.reshape(shape)], [None if g is None else g.reshape(shape)]
     if kind == RELU:
         return relu_rule(y, r, g)
-    if kind == POOL:
+    if kind == POOL or kind == SMOOTH:
         return z_rule(step, inputs[0], y, r, g)
     if kind == ADD:
         a, b = inputs

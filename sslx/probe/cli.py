@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
       "(RotNet/AlexNet: 1=conv1 … 5=conv5), a layer name such as conv4, or 'all' to sweep every layer")
     a("--model", default=d.model, help="embedded model name (rotnet, sela, scan) or a checkpoint file read by "
       f"ssl_models.load (default: {d.model})")
+    a("--kind", default=None, help="checkpoint family (scan, sela, rotnet, moco, swav, dino, vicreg, simclr, byol, "
+      "torchvision); detected from the keys when omitted; needed for converted SimCLR v1 / BYOL files (plain "
+      "torchvision ResNets) and to label backbone-only DINO / VICReg files")
     a("--data", default=d.data, help="'scenes' (the embedded procedural benchmark, with exact object masks) or an "
       "ImageFolder directory <dir>/<class>/<image>; a stratified 20%% of a folder is held out and split (seeded) "
       "into disjoint validation and test images; metrics.json lists which images each split used "

@@ -42,6 +42,7 @@ class ProbeConfig:
 
     layer: str | None = None
     model: str = "rotnet"
+    kind: str | None = None
     data: str = SCENES
     masks: str | None = None
     epochs: int = 5
@@ -100,19 +101,24 @@ def check_config(config: ProbeConfig) -> None:
         raise ValueError(tracking.NO_CREDENTIALS)
 
 
-def load_model(spec: str) -> nn.Module:
-    """An embedded model name (rotnet, sela, scan) or a checkpoint path, loaded with ssl_models."""
+def load_model(spec: str, kind: str | None = None) -> nn.Module:
+    """An embedded model name (rotnet, sela, scan, ...) or a checkpoint path, loaded with ssl_models (`kind`: its
+    family, detected when None)."""
     import ssl_models
     from ssl_models.embedded_assets import EMBEDDED_NAMES
 
     if spec in EMBEDDED_NAMES:
+        if kind is not None and kind != spec:
+            raise ValueError(f"--kind {kind!r} contradicts the embedded model {spec!r}")
         return ssl_models.embedded(spec)
+    if kind is not None and kind not in ssl_models.KINDS:
+        raise ValueError(f"unknown --kind {kind!r}; valid: {', '.join(ssl_models.KINDS)}")
     path = Path(spec)
     if not path.exists():
         raise FileNotFoundError(f"--model {spec!r} is neither an embedded model ({', '.join(EMBEDDED_NAMES)}) "
                                 "nor an existing checkpoint file")
     try:
-        return ssl_models.load(path)
+        return ssl_models.load(path, kind=kind)
     except ssl_models.CheckpointError as err:
         raise ValueError(f"cannot load --model {spec!r}: {err}") from None
 
@@ -183,7 +189,7 @@ class ProbeJob:
         check_config(config)
         self.config = config
         self.out = Path(config.out)
-        self.model = load_model(config.model)
+        self.model = load_model(config.model, config.kind)
         self.layers = resolve_layers(self.model, config.layer)
         self.is_main = rank_zero_only.rank == 0
         self.metrics_path = self.out / "metrics.json"
