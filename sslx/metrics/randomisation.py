@@ -56,13 +56,15 @@ def randomise(model: nn.Module, layers: Sequence[str], seed: int = 0) -> nn.Modu
 
 
 def parameter_randomisation(model: nn.Module, explain: Explain, x: Tensor, target: object = None,
-                            mode: str = "cascading", layers: Sequence[str] | None = None,
+                            mode: str = "cascading", layers: Sequence[str | Sequence[str]] | None = None,
                             seed: int = 0) -> list[dict[str, object]]:
-    """Per step (top-down): {"layer", "spearman" (B), "ssim" (B)} between original and randomised-model maps.
+    """Per step (top-down): {"layer", "spearman", "spearman_abs", "ssim"} (each B) original vs randomised maps.
 
     `explain(model, x, target) -> B×1×H×W`; `target` None = the original model's top-1 classes; `layers`
-    default = every parameterised module (randomisable_layers). Each step's layer is randomised with
-    seed `seed + step`, so cascading step k and independent step k draw the same values for a layer.
+    default = every parameterised module (randomisable_layers), one per step; a step may also be a group of
+    module names randomised together. "spearman_abs" compares |maps| (a sign flip does not count as a
+    change). Step k is randomised with seed `seed + k`, so cascading and independent step k draw the same
+    values.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -79,9 +81,11 @@ def parameter_randomisation(model: nn.Module, explain: Explain, x: Tensor, targe
     original = explain(model, x, targets).detach()
     steps: list[dict[str, object]] = []
     current = model
-    for step, name in enumerate(names):
+    for step, group in enumerate(names):
+        group_names = [group] if isinstance(group, str) else list(group)
         base = current if mode == "cascading" else model
-        current = randomise(base, [name], seed + step).eval()
+        current = randomise(base, group_names, seed + step).eval()
         maps = explain(current, x, targets).detach()
-        steps.append({"layer": name, "spearman": spearman(original, maps), "ssim": ssim(original, maps)})
+        steps.append({"layer": group, "spearman": spearman(original, maps),
+                      "spearman_abs": spearman(original.abs(), maps.abs()), "ssim": ssim(original, maps)})
     return steps
