@@ -55,7 +55,9 @@ def test_imputation_single_pixels_by_hand():
     centre = torch.zeros(1, 1, 3, 3, dtype=torch.bool)
     centre[..., 1, 1] = True
     # centre: weighted mean of 8 neighbours, total weight 4/6 + 4/12 = 1 → 0.3/6 + 0.6/6
-    assert noisy_linear_impute(image, centre, noise=0.0)[0, 0, 1, 1].item() == pytest.approx(0.15, abs=1e-9)
+    for solver in ("direct", "cg"):
+        out = noisy_linear_impute(image, centre, noise=0.0, solver=solver)
+        assert out[0, 0, 1, 1].item() == pytest.approx(0.15, abs=1e-9)
     corner = torch.zeros(1, 1, 3, 3, dtype=torch.bool)
     corner[..., 0, 0] = True
     # corner: in-image neighbours (0,1), (1,0) with 1/6 and (1,1) with 1/12; degree 5/12
@@ -69,11 +71,13 @@ def test_imputation_matches_dense_literal_solve_on_random_holes():
     gen = torch.Generator().manual_seed(3)
     image = torch.rand(2, 3, 9, 7, generator=gen, dtype=torch.float64)
     removed = torch.rand(2, 1, 9, 7, generator=gen) < 0.6
-    out = noisy_linear_impute(image, removed, noise=0.0, tol=1e-12)
+    direct = noisy_linear_impute(image, removed, noise=0.0)
+    cg = noisy_linear_impute(image, removed, noise=0.0, tol=1e-12, solver="cg")
     for b in range(2):
         for c in range(3):
             ref = dense_imputation(image[b, c].numpy(), removed[b, 0].numpy())
-            np.testing.assert_allclose(out[b, c].numpy(), ref, atol=1e-8)
+            np.testing.assert_allclose(direct[b, c].numpy(), ref, atol=1e-12)
+            np.testing.assert_allclose(cg[b, c].numpy(), ref, atol=1e-8)
 
 
 def test_imputation_noise_only_on_removed_pixels_and_seeded():
