@@ -25,7 +25,7 @@ def test_pointing_game_by_hand():
     out = pointing_game(maps, masks)
     assert out[:2].tolist() == [0.0, 1.0] and torch.isnan(out[2])
     tie = torch.tensor([[[[1.0, 1.0]]]])
-    assert pointing_game(tie, torch.tensor([[[[False, True]]]])).item() == 0.0  # first maximum row-major
+    assert pointing_game(tie, torch.tensor([[[[False, True]]]])).item() == 1.0  # any of tied maxima counts
 
 
 def test_relevance_mass_by_hand():

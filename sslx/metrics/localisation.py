@@ -1,7 +1,7 @@
 """Localisation of maps against object masks: pointing game, relevance mass and relevance rank accuracy.
 
 Definitions (as Quantus: Zhang et al. 2018; Arras et al. 2022), per image, masks B×1×H×W (True = object):
-- pointing game: hit when the map's maximum lies in the mask (first maximum in row-major order on ties);
+- pointing game: hit when a pixel holding the map's maximum lies in the mask (any of tied maxima, as Quantus);
 - relevance mass accuracy: Σ map inside the mask / Σ map over the image (on the map as given: pass a
   non-negative map, e.g. ``m.clamp(min=0)``; NaN when the total is 0);
 - relevance rank accuracy: with K = |mask|, the fraction of the K highest-ranked pixels (stable
@@ -38,7 +38,7 @@ def _nan_if_empty(score: Tensor, masks: Tensor) -> Tensor:
 def pointing_game(heatmaps: Tensor, masks: Tensor) -> Tensor:
     """Per image (float B: 1 hit, 0 miss, NaN empty mask): does the map's maximum lie in the mask?"""
     maps, m = _check(heatmaps, masks)
-    hit = m.gather(1, maps.argmax(dim=1, keepdim=True)).squeeze(1).to(heatmaps.dtype)
+    hit = (m & (maps == maps.max(dim=1, keepdim=True).values)).any(dim=1).to(heatmaps.dtype)
     return _nan_if_empty(hit, m)
 
 
