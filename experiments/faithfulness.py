@@ -1,6 +1,6 @@
 """Faithfulness and localisation of every method on every embedded model, with 95 % CIs and a rank table.
 
-    python experiments/faithfulness.py                       # 5 models × 11 methods, 16 test scenes
+    python experiments/faithfulness.py                       # 5 models × 11 methods, 8 test scenes
     python experiments/faithfulness.py --models vgg --methods agf,gradcam --n-images 8
 
 Per image (maps of the model's own top-1 class on single-object test scenes):
@@ -38,7 +38,7 @@ from sslx.metrics import (curve_area, embedding_cosine_drop, insertion_deletion_
                           pointing_game, relevance_mass, relevance_rank_accuracy, road_scores)
 
 NAME = "faithfulness"
-DEFAULT_N_IMAGES = 16
+DEFAULT_N_IMAGES = 8
 FRACTIONS = (0.2, 0.5, 0.8)
 N_REFERENCE, K = 256, 5
 # metric → higher is better
@@ -180,13 +180,8 @@ def markdown(results: Mapping[str, Any], ranks: Mapping[str, Mapping[str, float]
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run every metric for every model and write the results files; returns the JSON data."""
-    p = rc.parser(__doc__)
-    rc.add_options(p, DEFAULT_N_IMAGES)
-    args = p.parse_args(argv)
-    harness.setup(args)
-    models, methods = rc.parse_lists(args)
     clock = rc.Stopwatch()
-    results = {name: evaluate(name, methods, args) for name in models}
+    args, methods, results = rc.run_models(__doc__, DEFAULT_N_IMAGES, argv, evaluate)
     means = {n: {m: {k: v["mean"] for k, v in r["methods"][m].items()} for m in methods} for n, r in results.items()}
     ranks = rc.rank_table(means, METRICS, methods)
     fails = flagged(args.out_dir)

@@ -29,7 +29,7 @@ LABELS = {**se.LABELS, "agf": "AGF"}
 SUPERVISED = ssl_eval.SUPERVISED_NAMES
 
 __all__ = ["LABELS", "METHODS", "MODELS", "Explainer", "add_options", "data_loader", "head_name", "load_model",
-           "rank_table", "summary", "unnormalised"]
+           "rank_table", "run_models", "summary", "unnormalised"]
 
 
 def add_options(parser: Any, default_n: int) -> None:
@@ -117,5 +117,16 @@ def parse_lists(args: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
             ssl_eval.name_list(args.methods, tuple(AVAILABLE), "methods"))
 
 
+def run_models(doc: str | None, default_n: int, argv: Sequence[str] | None,
+               evaluate: Callable[[str, Sequence[str], Any], dict[str, Any]]
+               ) -> tuple[Any, tuple[str, ...], dict[str, dict[str, Any]]]:
+    """Parse the common options, then (args, methods, {model: evaluate(model, methods, args)})."""
+    p = harness.experiment_parser(doc)
+    add_options(p, default_n)
+    args = p.parse_args(argv)
+    harness.setup(args)
+    models, methods = parse_lists(args)
+    return args, methods, {name: evaluate(name, methods, args) for name in models}
+
+
 Stopwatch = ssl_eval.Stopwatch
-parser = harness.experiment_parser

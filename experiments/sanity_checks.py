@@ -139,13 +139,8 @@ def markdown(results: Mapping[str, Any], methods: Sequence[str], args: Any) -> s
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the check for every model and write the results files; returns the JSON data."""
-    p = rc.parser(__doc__)
-    rc.add_options(p, DEFAULT_N_IMAGES)
-    args = p.parse_args(argv)
-    harness.setup(args)
-    models, methods = rc.parse_lists(args)
     clock = rc.Stopwatch()
-    results = {name: evaluate(name, methods, args) for name in models}
+    args, methods, results = rc.run_models(__doc__, DEFAULT_N_IMAGES, argv, evaluate)
     data = {"experiment": NAME, "n_images": args.n_images, "flag_rule": {
         "step": FLAG_STEP, "metric": "mean spearman_abs", "threshold": FLAG_THRESHOLD},
         "models": results, "time": clock.read(),
