@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
       f"(default: {d.eval_batch_size})")
     a("--methods", type=_methods, default=d.methods, help="comma-separated explanation methods, e.g. agf,gradcam "
       "(gradcam is taken at the probed layer) (default: agf)")
+    a("--metrics", type=_methods, default=d.metrics, help="reviewer metrics scored beside segmentation and "
+      "perturbation, comma-separated: road, deletion, insertion, pointing_game, relevance_mass, rank_accuracy "
+      "(the last three need masks) (default: none)")
     a("--out", default=d.out, help=f"output folder (default: {d.out})")
     a("--wandb", choices=("offline", "online", "disabled"), default=d.wandb,
       help="Weights & Biases mode: offline (no account needed; files under <out>/wandb, `wandb sync` them later), "

@@ -9,6 +9,10 @@ Conventions (also written into metrics.json by the CLI, see `CONVENTIONS`):
   probe classifies the result. "predicted": the map explains the clean prediction and counts agreement
   with it; "target": the map explains the label and counts agreement with the label. AUC is the
   trapezoidal area of accuracy (%) over p in [0.1, 0.9] (a constant 100 % scores 80); higher is better.
+- Reviewer metrics (`--metrics`, maps of the clean prediction): road (areas of the target probability
+  over p = 0.2, 0.5, 0.8 under MoRF ↓ and LeRF ↑ noisy linear imputation), deletion ↓ / insertion ↑ (areas
+  over 0 … 1, blurred baseline), pointing_game, relevance_mass (of the map's positive part), rank_accuracy
+  (against the masks); each as the mean over images with its bootstrap interval.
 - Intervals: every pixel accuracy, mAP, mIoU and AUC comes with its 95 % percentile bootstrap interval over
   the held-out images (`ci95`, 1000 resamples, seed 0, images in dataset-index order so that one and N
   processes agree).
@@ -28,13 +32,21 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from sslx.data.transforms import denormalize, normalize
-from sslx.metrics import (DEFAULT_FRACTIONS, PerturbationAccuracy, SegmentationScores, mean_interval,
-                          mean_ratio_interval, perturbation_correct, ratio_interval, segmentation_counts)
+from sslx.metrics import (DEFAULT_FRACTIONS, PerturbationAccuracy, SegmentationScores, curve_area,
+                          insertion_deletion_curve, mean_interval, mean_ratio_interval, perturbation_correct,
+                          pointing_game, ratio_interval, relevance_mass, relevance_rank_accuracy, road_scores,
+                          segmentation_counts)
 
 GRADCAM = "gradcam"
 SEGMENTATION_KEYS = ("pixel_accuracy", "mAP", "mIoU", "iou_background", "iou_foreground", "n_ap_images")
 VARIANTS = ("predicted", "target")
 INTERVAL_KEYS = ("pixel_accuracy", "mAP", "mIoU")
+# --metrics name → the per-image scores it adds (keys of metrics.json); the mask-based ones need masks.
+EXTRA_METRICS = {"road": ("road_morf", "road_lerf"), "deletion": ("deletion",), "insertion": ("insertion",),
+                 "pointing_game": ("pointing_game",), "relevance_mass": ("relevance_mass",),
+                 "rank_accuracy": ("rank_accuracy",)}
+MASK_METRICS = frozenset({"pointing_game", "relevance_mass", "rank_accuracy"})
+ROAD_FRACTIONS = (0.2, 0.5, 0.8)
 CONVENTIONS = {
     "segmentation": "maps explain the ground-truth class; foreground = mask > 0; threshold 0 for signed maps, "
                     "the per-image mean for non-negative maps; pixel_accuracy and mIoU dataset-level, mAP = mean "
@@ -44,6 +56,11 @@ CONVENTIONS = {
                     "classified by the probe; 'predicted' explains and scores the clean prediction, 'target' the "
                     "label; accuracy in % per fraction; auc = trapezoid over the listed fractions "
                     "(0.1..0.9, p = 0 excluded: a constant 100 % gives 80); higher is better",
+    "reviewer_metrics": "selected with --metrics; maps of the clean prediction; road_morf (lower is better) / "
+                        "road_lerf (higher): trapezoid area of the target softmax probability over p = 0.2, 0.5, 0.8 "
+                        "with ROAD noisy linear imputation; deletion (lower) / insertion (higher): area over 0..1 in "
+                        "8 steps, blurred baseline (sigma 5 px); pointing_game, relevance_mass (positive part of the "
+                        "map), rank_accuracy against the object mask (higher); mean over images with ci95 and n",
     "probe_accuracy": "top-1 accuracy (%) of the probe on the held-out images",
     "ci95": "95 % percentile bootstrap interval over the held-out images (1000 resamples, seed 0; images in "
             "dataset-index order) of every pixel_accuracy, mAP, mIoU and perturbation AUC",
@@ -68,6 +85,75 @@ def make_explainer(method: str, model: nn.Module, cam_layer: str) -> Any:
     if method == GRADCAM:
         return METHODS[method](model, layer=cam_layer)
     return METHODS[method](model)
+
+
+def check_metrics(metrics: Sequence[str], with_masks: bool) -> tuple[str, ...]:
+    """The --metrics selection, checked (known names, no repeats, masks present where needed)."""
+    unknown = [m for m in metrics if m not in EXTRA_METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; available: {', '.join(EXTRA_METRICS)}")
+    if len(set(metrics)) != len(metrics):
+        raise ValueError(f"--metrics lists a metric twice: {list(metrics)}")
+    need = sorted(MASK_METRICS.intersection(metrics))
+    if need and not with_masks:
+        raise ValueError(f"metrics {need} need object masks; the data has none (give --masks)")
+    return tuple(metrics)
+
+
+def reviewer_scores(model: nn.Module, pixels: Tensor, maps: Tensor, targets: Tensor, masks: Tensor | None,
+                    metrics: Sequence[str], normalizer: Callable[[Tensor], Tensor]) -> dict[str, Tensor]:
+    """Per-image scores (float64, B) of the selected reviewer metrics for one method's maps."""
+    out: dict[str, Tensor] = {}
+    grid = torch.tensor(ROAD_FRACTIONS, dtype=torch.float64, device=pixels.device)
+    if "road" in metrics:
+        for order in ("morf", "lerf"):
+            road = road_scores(model, pixels, maps, targets, order, ROAD_FRACTIONS, normalizer)
+            out[f"road_{order}"] = curve_area(grid, road.probability.double())
+    for kind in ("deletion", "insertion"):
+        if kind in metrics:
+            fractions, curve = insertion_deletion_curve(model, pixels, maps, targets, kind, 8, "blur", normalizer)
+            out[kind] = curve_area(fractions.double(), curve.double())
+    if masks is not None:
+        objects = (masks > 0).unsqueeze(1)
+        functions = {"pointing_game": lambda: pointing_game(maps, objects),
+                     "relevance_mass": lambda: relevance_mass(maps.clamp(min=0), objects),
+                     "rank_accuracy": lambda: relevance_rank_accuracy(maps, objects)}
+        out.update({name: f().double() for name, f in functions.items() if name in metrics})
+    return out
+
+
+class ReviewerScores(Metric):
+    """Per-image reviewer scores of one method (cat states) → mean, 95 % bootstrap interval and n per score."""
+
+    full_state_update = False
+
+    def __init__(self, keys: Sequence[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.keys = tuple(keys)
+        for key in ("ids", *self.keys):
+            self.add_state(key, default=[], dist_reduce_fx="cat")
+
+    def update(self, ids: Tensor, scores: Mapping[str, Tensor]) -> None:
+        """Add a batch's dataset indices and its per-image scores."""
+        self.ids.append(ids)
+        for key in self.keys:
+            getattr(self, key).append(scores[key])
+
+    def compute(self) -> dict[str, tuple[float, float, float, int]]:
+        """{score: (mean, low, high, n)} over the images with a defined score, in dataset-index order."""
+        ids = self.ids if isinstance(self.ids, Tensor) else torch.cat(self.ids)
+        order = torch.argsort(ids.cpu(), stable=True)
+        out = {}
+        for key in self.keys:
+            value = getattr(self, key)
+            column = (torch.cat(value) if isinstance(value, list) else value).double().cpu()[order]
+            column = column[~torch.isnan(column)]
+            if column.numel() == 0:
+                out[key] = (math.nan, math.nan, math.nan, 0)
+            else:
+                low, high = mean_interval(column)
+                out[key] = (float(column.mean()), low, high, int(column.numel()))
+        return out
 
 
 def explain_both(explainer: Any, x: Tensor, labels: Tensor, predictions: Tensor) -> tuple[Tensor, Tensor]:
@@ -146,7 +232,8 @@ class ExplanationEvaluation(pl.LightningModule):
 
     def __init__(self, model: nn.Module, cam_layer: str, methods: Sequence[str], mean: Sequence[float],
                  std: Sequence[float], *, with_masks: bool = True,
-                 fractions: Sequence[float] = DEFAULT_FRACTIONS, num_classes: int | None = None) -> None:
+                 fractions: Sequence[float] = DEFAULT_FRACTIONS, num_classes: int | None = None,
+                 metrics: Sequence[str] = ()) -> None:
         super().__init__()
         if not methods:
             raise ValueError("methods is empty; give at least one explanation method")
@@ -167,6 +254,9 @@ class ExplanationEvaluation(pl.LightningModule):
         self.perturbation = nn.ModuleDict({f"{m}_{v}": PerturbationAccuracy(self.fractions)
                                            for m in self.methods for v in VARIANTS})
         self.intervals = nn.ModuleDict({m: ImageScores(self.fractions, with_masks) for m in self.methods})
+        self.metrics = check_metrics(tuple(metrics), with_masks)
+        self.reviewer_keys = tuple(k for name in self.metrics for k in EXTRA_METRICS[name])
+        self.reviewer = nn.ModuleDict({m: ReviewerScores(self.reviewer_keys) for m in self.methods})
         self._explainers: dict[str, Any] = {}
 
     def train(self, mode: bool = True) -> "ExplanationEvaluation":
@@ -207,6 +297,10 @@ class ExplanationEvaluation(pl.LightningModule):
                                                       self._normalizer())
                 self.perturbation[f"{method}_{variant}"].update(flags[variant])
             self.intervals[method].update(batch["index"], flags, counts)
+            if self.metrics:
+                scores = reviewer_scores(self.model, pixels, for_prediction, predictions, batch.get("mask"),
+                                         self.metrics, self._normalizer())
+                self.reviewer[method].update(batch["index"], scores)
 
     def on_test_epoch_end(self) -> None:
         values: dict[str, float] = {"probe/accuracy": 100.0 * float(self.accuracy.compute())}
@@ -217,6 +311,10 @@ class ExplanationEvaluation(pl.LightningModule):
             if self.segmentation is not None:
                 scores = self.segmentation[method].compute()
                 values.update({f"{method}/segmentation/{k}": float(scores[k]) for k in SEGMENTATION_KEYS})
+            if self.metrics:
+                for key, (mean, low, high, n) in self.reviewer[method].compute().items():
+                    values[f"{method}/{key}/mean"], values[f"{method}/{key}/n"] = mean, float(n)
+                    values[f"{method}/{key}/ci95_low"], values[f"{method}/{key}/ci95_high"] = low, high
             for variant in VARIANTS:
                 curve = self.perturbation[f"{method}_{variant}"].compute()
                 prefix = f"{method}/perturbation_{variant}"
@@ -230,7 +328,7 @@ class ExplanationEvaluation(pl.LightningModule):
 
 
 def nest_results(logged: Mapping[str, float], methods: Sequence[str], fractions: Sequence[float],
-                 with_masks: bool) -> dict[str, Any]:
+                 with_masks: bool, metrics: Sequence[str] = ()) -> dict[str, Any]:
     """Turn ExplanationEvaluation's flat scalars into {probe_accuracy, n_images, methods: {m: {...}}}.
 
     Values are rounded to 4 decimals: Lightning reports logged scalars in float32.
@@ -256,6 +354,9 @@ def nest_results(logged: Mapping[str, float], methods: Sequence[str], fractions:
                 "accuracy": [get(f"{prefix}/accuracy@{p:g}") for p in fractions],
                 "ci95": {"auc": [get(f"{prefix}/auc_ci95_low"), get(f"{prefix}/auc_ci95_high")]},
             }
+        for key in (k for name in metrics for k in EXTRA_METRICS[name]):
+            entry[key] = {"mean": get(f"{method}/{key}/mean"), "n": int(round(get(f"{method}/{key}/n"))),
+                          "ci95": [get(f"{method}/{key}/ci95_low"), get(f"{method}/{key}/ci95_high")]}
         methods_out[method] = entry
     n_images = int(round(get(f"{methods[0]}/perturbation_target/n_images")))
     return {"probe_accuracy": get("probe/accuracy"), "n_images": n_images, "methods": methods_out}

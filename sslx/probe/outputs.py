@@ -157,6 +157,8 @@ def flat_metrics(layer: str, entry: Mapping[str, Any]) -> dict[str, float]:
         for key, value in scores.items():
             if isinstance(value, Mapping) and "auc" in value:
                 flat[f"{layer}/{method}/{key}_auc"] = value["auc"]
+            elif isinstance(value, Mapping) and "mean" in value:
+                flat[f"{layer}/{method}/{key}"] = value["mean"]
             elif isinstance(value, (int, float)):
                 flat[f"{layer}/{method}/{key}"] = float(value)
     return flat

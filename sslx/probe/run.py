@@ -19,7 +19,8 @@ from torch import nn
 from sslx.data.scenes import collate_scenes
 from sslx.probe import outputs, tracking
 from sslx.probe.data import SCENES, ProbeDataModule, ProbeDatasets, probe_datasets
-from sslx.probe.evaluate import CONVENTIONS, ExplanationEvaluation, available_methods, explain_images, nest_results
+from sslx.probe.evaluate import (CONVENTIONS, ExplanationEvaluation, available_methods, check_metrics, explain_images,
+                                 nest_results)
 from sslx.probe.module import TARGET_FEATURES, LinearProbe
 from sslx.metrics import DEFAULT_FRACTIONS
 
@@ -27,7 +28,7 @@ ALL = "all"
 EXPLAINED_MODULE = "trunk"  # the probed layer inside the explainable network (Grad-CAM's layer)
 # Fields that change the numbers; a --resume must match them. (devices/strategy change only float noise.)
 RESULT_FIELDS = ("model", "data", "masks", "epochs", "batch_size", "max_images", "val_images", "eval_images",
-                 "methods", "seed", "optimizer", "lr", "weight_decay", "probe_features")
+                 "methods", "seed", "optimizer", "lr", "weight_decay", "probe_features", "metrics")
 
 
 PROBE_CONVENTION = ("frozen post-ReLU output of the layer → AdaptiveMaxPool2d(p) → BatchNorm2d(affine=False) holding "
@@ -52,6 +53,7 @@ class ProbeConfig:
     eval_images: int = 256
     eval_batch_size: int = 32
     methods: tuple[str, ...] = ("agf",)
+    metrics: tuple[str, ...] = ()
     out: str = "runs/probe"
     wandb: str = "offline"
     wandb_project: str = "sslx-probe"
@@ -71,6 +73,7 @@ class ProbeConfig:
         """JSON-ready copy of every field."""
         values = dataclasses.asdict(self)
         values["methods"] = list(self.methods)
+        values["metrics"] = list(self.metrics)
         return values
 
     def result_fields(self) -> dict[str, Any]:
@@ -93,6 +96,7 @@ def check_config(config: ProbeConfig) -> None:
     unknown = [m for m in config.methods if m not in available_methods()]
     if unknown:
         raise ValueError(f"unknown explanation method(s) {unknown}; available: {', '.join(available_methods())}")
+    check_metrics(config.metrics, with_masks=True)  # masks are checked against the data in evaluate()
     if len(set(config.methods)) != len(config.methods):
         raise ValueError(f"--methods lists a method twice: {list(config.methods)}")
     if config.wandb not in tracking.WANDB_MODES:
@@ -173,7 +177,8 @@ def _existing_results(config: ProbeConfig, path: Path) -> dict[str, Any] | None:
     if stored is None or not config.resume:
         return None
     theirs, ours = stored.get("config", {}), config.result_fields()
-    differ = sorted(k for k in ours if theirs.get(k) != ours[k])
+    defaults = {"metrics": []}  # runs written before --metrics existed selected none
+    differ = sorted(k for k in ours if theirs.get(k, defaults.get(k)) != ours[k])
     if differ:
         detail = ", ".join(f"{k}: {theirs.get(k)!r} → {ours[k]!r}" for k in differ)
         raise ValueError(f"--resume: {path} was written with different settings ({detail}); "
@@ -249,11 +254,12 @@ class ProbeJob:
         """Explain the held-out images with every method and score the maps (Trainer.test, any strategy)."""
         c, data = self.config, self.datasets
         evaluation = ExplanationEvaluation(explainable, EXPLAINED_MODULE, c.methods, data.mean, data.std,
-                                           with_masks=data.has_masks, num_classes=data.num_classes)
+                                           with_masks=data.has_masks, num_classes=data.num_classes,
+                                           metrics=c.metrics)
         trainer = make_trainer(c, self.out, logger=False, inference_mode=False)
         with quiet_lightning():
             logged = trainer.test(evaluation, datamodule=self._data_module(), verbose=False)[0]
-        return nest_results(logged, c.methods, DEFAULT_FRACTIONS, data.has_masks)
+        return nest_results(logged, c.methods, DEFAULT_FRACTIONS, data.has_masks, c.metrics)
 
     def overlay_batch(self) -> dict[str, Any]:
         """The first `--overlays` held-out images (a fixed set) as one batch."""
