@@ -1,0 +1,141 @@
+"""The three ViT explanations against the literal reference (tests/vit_reference.py) in float64."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+import sslx
+from sslx.attribution.transformer import AttentionRollout, GenericAttention, TransformerAttribution, lrp_relevances
+from sslx.attribution.vit_walk import attention_gradients, record_vit
+from sslx.models.vit import VisionTransformer
+from tests.vit_reference import params_timm, params_torchvision, reference
+
+METHODS = {"transformer_attribution": TransformerAttribution, "attention_rollout": AttentionRollout,
+           "generic_attention": GenericAttention}
+
+
+def _tiny_timm() -> VisionTransformer:
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=16, patch_size=8, num_classes=4, embed_dim=12, depth=3, num_heads=3).double()
+    with torch.no_grad():  # larger weights than the ViT init so that every rule sees mixed signs
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+    return model.eval()
+
+
+def _tiny_torchvision() -> torchvision.models.VisionTransformer:
+    torch.manual_seed(1)
+    model = torchvision.models.VisionTransformer(image_size=16, patch_size=8, num_layers=2, num_heads=2,
+                                                 hidden_dim=8, mlp_dim=16, num_classes=3).double()
+    with torch.no_grad():  # torchvision zero-initialises the head, which would make every gradient zero
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+    return model.eval()
+
+
+CASES = {"timm": (_tiny_timm, params_timm), "torchvision": (_tiny_torchvision, params_torchvision)}
+
+
+@pytest.mark.parametrize("style", sorted(CASES))
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_batched_matches_literal_reference(style: str, method: str) -> None:
+    build, params = CASES[style]
+    model = build()
+    torch.manual_seed(2)
+    x = torch.randn(3, 3, 16, 16, dtype=torch.float64)
+    target = torch.tensor([0, 2, 1])
+    joint, run = METHODS[method](model).token_relevance(x, target)
+    p = params(model)
+    for b in range(3):
+        ref = reference(p, x[b], int(target[b]))
+        assert torch.allclose(run.output[b].detach(), ref["output"], atol=1e-10)
+        assert torch.allclose(joint[b], ref[method], atol=1e-6, rtol=0), (b, (joint[b] - ref[method]).abs().max())
+    heat = sslx.explain(model, x, target, method=method)
+    assert heat.shape == (3, 1, 16, 16) and heat.dtype == torch.float64
+    grid = joint[:, 0, 1:].reshape(3, 1, 2, 2)
+    assert torch.allclose(heat, F.interpolate(grid, size=(16, 16), mode="bilinear", align_corners=False))
+
+
+def test_lrp_cams_and_gradients_match_reference_per_head() -> None:
+    model, x, target = _tiny_timm(), torch.randn(2, 3, 16, 16, dtype=torch.float64), torch.tensor([3, 1])
+    run = record_vit(model, x)
+    attention_gradients(run, target)
+    cams, tokens = lrp_relevances(run, target)
+    for b in range(2):
+        ref = reference(params_timm(model), x[b], int(target[b]))
+        for blk in range(3):
+            for h in range(3):
+                assert torch.allclose(cams[blk][b, h], ref["cams"][blk][h], atol=1e-9)
+                assert torch.allclose(run.blocks[blk].grad[b, h], ref["grads"][blk][h], atol=1e-9)
+        assert torch.allclose(tokens[b], ref["input_relevance"], atol=1e-9)
+
+
+def test_lrp_conserves_the_target_relevance() -> None:
+    """α1β0 Linear, rescaled additions and halved matmuls all conserve Σ R: the tokens get exactly 1."""
+    model = _tiny_timm()
+    with torch.no_grad():  # conservation needs positive pre-activations: all-positive weights on positive x
+        for p in model.parameters():
+            p.abs_()
+    x = torch.rand(2, 3, 16, 16, dtype=torch.float64)
+    run = record_vit(model, x)
+    _, tokens = lrp_relevances(run, torch.tensor([0, 3]))
+    assert torch.allclose(tokens.sum(dim=(1, 2)), torch.ones(2, dtype=torch.float64), atol=1e-9)
+
+
+def test_rollout_rows_stay_stochastic_and_hand_case() -> None:
+    model, x = _tiny_timm(), torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    joint, _ = AttentionRollout(model).token_relevance(x)
+    assert torch.allclose(joint.sum(dim=-1), torch.ones(2, 5, dtype=torch.float64), atol=1e-12)
+    from sslx.attribution.transformer import rollout_attention
+    a = torch.tensor([[[[0.5, 0.5], [0.0, 1.0]]]], dtype=torch.float64)  # one block, one head
+    # 0.5·A + 0.5·I = [[0.75, 0.25], [0, 1]]; two blocks: its square = [[0.5625, 0.4375], [0, 1]]
+    expected = torch.tensor([[[0.5625, 0.4375], [0.0, 1.0]]], dtype=torch.float64)
+    assert torch.allclose(rollout_attention([a, a]), expected)
+
+
+def test_generic_attention_hand_case() -> None:
+    from sslx.attribution.transformer import rollout_generic
+    a = torch.tensor([[[[0.5, 0.5], [0.25, 0.75]]]], dtype=torch.float64)
+    g = torch.tensor([[[[2.0, -1.0], [0.0, 4.0]]]], dtype=torch.float64)
+    # Ā = (g⊙a)⁺ = [[1, 0], [0, 3]]; R = I + Ā·I = [[2, 0], [0, 4]]
+    assert torch.allclose(rollout_generic([a], [g]), torch.tensor([[[2.0, 0.0], [0.0, 4.0]]], dtype=torch.float64))
+
+
+def test_model_is_restored_and_batch_independent() -> None:
+    model = _tiny_timm().train()
+    attn = model.blocks[0].attn
+    x = torch.randn(3, 3, 16, 16, dtype=torch.float64)
+    before = model(x)
+    whole = sslx.explain(model, x, torch.tensor([0, 1, 2]), method="transformer_attribution")
+    assert model.training and "forward" not in attn.__dict__
+    assert not model.blocks[0]._forward_hooks and not model.blocks[0]._forward_pre_hooks
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(model(x), before)
+    one = sslx.explain(model, x[1:2], torch.tensor([1]), method="transformer_attribution")
+    assert torch.allclose(whole[1:2], one, atol=1e-12)
+
+
+def test_float32_follows_input() -> None:
+    model = _tiny_timm().float()
+    heat = sslx.explain(model, torch.randn(2, 3, 16, 16), None, method="generic_attention")
+    assert heat.dtype == torch.float32 and heat.shape == (2, 1, 16, 16)
+
+
+def test_bad_inputs() -> None:
+    model = _tiny_timm()
+    x = torch.randn(1, 3, 16, 16, dtype=torch.float64)
+    with pytest.raises(TypeError, match="Vision Transformer"):
+        sslx.explain(torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.Flatten()).double(), x,
+                     method="attention_rollout")
+    with pytest.raises(TypeError, match="float32"):
+        sslx.explain(model, x.float(), method="generic_attention")
+    with pytest.raises(ValueError, match="out of range"):
+        sslx.explain(model, x, 9, method="transformer_attribution")
+    with pytest.raises(ValueError, match="4-D"):
+        sslx.explain(model, x[0], method="transformer_attribution")
+    with pytest.raises(ValueError, match="start_layer"):
+        sslx.explain(model, x, method="transformer_attribution", start_layer=7)
+    with pytest.raises(ValueError, match="expected 16"):
+        sslx.explain(model, torch.randn(1, 3, 24, 24, dtype=torch.float64), method="generic_attention")
