@@ -7,7 +7,7 @@ from numbers import Integral
 from pathlib import Path
 from types import ModuleType
 
-from ssl_models import rotnet, scan, sela
+from ssl_models import dino_vit, rotnet, scan, sela
 from ssl_models.base import SSLModel
 from ssl_models.checkpoint import RawCheckpoint, unwrap_checkpoint
 from ssl_models.errors import CheckpointError
@@ -16,17 +16,18 @@ from ssl_models.serialization import read_checkpoint
 
 logger = logging.getLogger("ssl_models")
 
-FAMILIES: dict[str, ModuleType] = {"scan": scan, "sela": sela, "rotnet": rotnet}
+FAMILIES: dict[str, ModuleType] = {"scan": scan, "sela": sela, "rotnet": rotnet, "dino": dino_vit}
 KINDS = tuple(FAMILIES)
 
 
 def load(path: str | os.PathLike[str], kind: str | None = None, head: int | None = None,
          *, variant: str | None = None) -> SSLModel:
-    """Load a SCAN, SeLa or RotNet checkpoint as an eval-mode SSLModel on the CPU.
+    """Load a SCAN, SeLa, RotNet or DINO ViT checkpoint as an eval-mode SSLModel on the CPU.
 
-    kind: "scan" | "sela" | "rotnet", or None to detect it from the keys; head: which SSL head the
-    forward uses (default: SCAN's stored best head, else head 0); variant: only for SCAN ResNet-18
-    files, whose CIFAR ("cifar", default) and STL-10 ("stl") models have identical keys.
+    kind: "scan" | "sela" | "rotnet" | "dino", or None to detect it from the keys; head: which SSL head the
+    forward uses (default: SCAN's stored best head, else head 0); variant: for SCAN ResNet-18 files, whose
+    CIFAR ("cifar", default) and STL-10 ("stl") models have identical keys; for full DINO checkpoints,
+    "teacher" (default) or "student".
     """
     if kind is not None and kind not in FAMILIES:
         raise ValueError(f"unknown kind {kind!r}; valid kinds are {KINDS} or None (detect)")
@@ -34,7 +35,9 @@ def load(path: str | os.PathLike[str], kind: str | None = None, head: int | None
         raise TypeError(f"head must be an int or None, got {type(head).__name__}")
     path = Path(path)
     try:
-        raw = unwrap_checkpoint(read_checkpoint(path))
+        obj = read_checkpoint(path)
+        raw = dino_vit.unwrap_training_checkpoint(obj, variant if kind in (None, "dino") and variant in
+                                                  dino_vit.NETWORKS else None) or unwrap_checkpoint(obj)
         detected = detect_kind(raw, kind)
         if kind is not None and detected != kind:
             raise CheckpointError(

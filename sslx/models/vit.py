@@ -117,7 +117,9 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-def tiny_vit(num_classes: int = 0, img_size: int = 32, **kwargs: int) -> VisionTransformer:
-    """The embedded tiny ViT: 8×8 patches, 64-d, 4 blocks, 4 heads."""
-    return VisionTransformer(img_size=img_size, patch_size=8, num_classes=num_classes, embed_dim=64, depth=4,
-                             num_heads=4, **kwargs)
+TINY_VIT = {"img_size": 128, "patch_size": 16, "embed_dim": 64, "depth": 4, "num_heads": 4, "mlp_ratio": 2.0}
+
+
+def tiny_vit(num_classes: int = 0, **overrides: int | float) -> VisionTransformer:
+    """The embedded tiny ViT for the 128×128 scenes: 16×16 patches (8×8 grid), 64-d, 4 blocks, 4 heads."""
+    return VisionTransformer(num_classes=num_classes, **{**TINY_VIT, **overrides})
