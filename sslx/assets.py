@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-SUPERVISED = ("vgg", "resnet", "vit")
+SUPERVISED = ("vgg", "resnet")
+TRANSFORMERS = ("vit",)  # supervised too, kept apart: AGF does not walk attention
 SELF_SUPERVISED = ("rotnet", "sela", "scan")
 EMBEDDED = SUPERVISED + SELF_SUPERVISED
 SUPERVISED_KEYS = frozenset({"arch", "config", "state_dict", "classes", "metrics"})
@@ -23,9 +24,9 @@ def assets_dir() -> Path:
 
 def asset_path(name: str) -> Path:
     """Checkpoint path of the embedded model `name` (which may not exist yet)."""
-    if name not in EMBEDDED:
-        raise ValueError(f"unknown embedded model {name!r}; valid names are {EMBEDDED}")
-    return assets_dir() / (f"supervised_{name}.pth" if name in SUPERVISED else f"{name}.pth")
+    if name not in EMBEDDED + TRANSFORMERS:
+        raise ValueError(f"unknown embedded model {name!r}; valid names are {EMBEDDED + TRANSFORMERS}")
+    return assets_dir() / (f"supervised_{name}.pth" if name in SUPERVISED + TRANSFORMERS else f"{name}.pth")
 
 
 def training_command(name: str) -> str:
@@ -42,7 +43,7 @@ def load_embedded(name: str) -> nn.Module:
     path = asset_path(name)
     if not path.is_file():
         raise FileNotFoundError(f"embedded model asset {path} is missing; create it with `{training_command(name)}`")
-    if name in SUPERVISED:
+    if name in SUPERVISED + TRANSFORMERS:
         return load_supervised(path, name)
     import ssl_models
 
