@@ -23,10 +23,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--train-size", type=int, default=9600)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--shift", type=int, default=8)
+    p.add_argument("--shift", type=int, default=4)
     p.add_argument("--label-smoothing", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -50,7 +50,7 @@ def main() -> None:
                              {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
     steps_per_epoch = args.train_size // args.batch_size
     total = args.epochs * steps_per_epoch
-    warm = steps_per_epoch // 4
+    warm = steps_per_epoch // 2
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
     gen = torch.Generator().manual_seed(args.seed)

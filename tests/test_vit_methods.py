@@ -16,9 +16,10 @@ METHODS = {"transformer_attribution": TransformerAttribution, "attention_rollout
            "generic_attention": GenericAttention}
 
 
-def _tiny_timm() -> VisionTransformer:
+def _tiny_timm(pool: str = "cls") -> VisionTransformer:
     torch.manual_seed(0)
-    model = VisionTransformer(img_size=16, patch_size=8, num_classes=4, embed_dim=12, depth=3, num_heads=3).double()
+    model = VisionTransformer(img_size=16, patch_size=8, num_classes=4, embed_dim=12, depth=3, num_heads=3,
+                              pool=pool).double()
     with torch.no_grad():  # larger weights than the ViT init so that every rule sees mixed signs
         for p in model.parameters():
             p.copy_(torch.randn_like(p) * 0.5)
@@ -35,7 +36,8 @@ def _tiny_torchvision() -> torchvision.models.VisionTransformer:
     return model.eval()
 
 
-CASES = {"timm": (_tiny_timm, params_timm), "torchvision": (_tiny_torchvision, params_torchvision)}
+CASES = {"timm": (_tiny_timm, params_timm), "torchvision": (_tiny_torchvision, params_torchvision),
+         "mean_pool": (lambda: _tiny_timm("mean"), params_timm)}
 
 
 @pytest.mark.parametrize("style", sorted(CASES))
@@ -139,3 +141,48 @@ def test_bad_inputs() -> None:
         sslx.explain(model, x, method="transformer_attribution", start_layer=7)
     with pytest.raises(ValueError, match="expected 16"):
         sslx.explain(model, torch.randn(1, 3, 24, 24, dtype=torch.float64), method="generic_attention")
+
+
+@pytest.mark.parametrize("token", ["cls", "mean"])
+def test_probe_trunk_after_block_matches_reference(token: str) -> None:
+    """A probe on block 2 of 3 (ViTTrunk + pool/BN/Linear head) explained = the reference on a 2-block ViT."""
+    from sslx.models.vit_layers import ViTLayers
+    from sslx.probe.module import explainable_probe
+
+    model = _tiny_timm()
+    trunk = ViTLayers(model, None, token).truncate("block2")
+    torch.manual_seed(3)
+    probe = explainable_probe(trunk, 12, 1, 5).double()
+    with torch.no_grad():
+        probe.linear.weight.normal_()
+    x, target = torch.randn(2, 3, 16, 16, dtype=torch.float64), torch.tensor([4, 0])
+    joint, _ = TransformerAttribution(probe).token_relevance(x, target)
+    gen, _ = GenericAttention(probe).token_relevance(x, target)
+    # the same two blocks as a ViT whose head is the probe's Linear (BN folded: LRP treats it as identity,
+    # gradients see its scale): build the reference from a 2-block copy with an identity norm
+    short = _tiny_timm(token)
+    short.blocks = torch.nn.ModuleList(list(short.blocks)[:2])
+    bn = probe.norm
+    scale = 1 / torch.sqrt(bn.running_var + bn.eps)
+    with torch.no_grad():
+        short.norm.weight.fill_(1.0); short.norm.bias.zero_()
+        short.head = torch.nn.Linear(12, 5).double()
+        short.head.weight.copy_(probe.linear.weight * scale)
+        short.head.bias.copy_(probe.linear.bias - (probe.linear.weight * scale) @ bn.running_mean)
+    p = params_timm(short)
+    p["norm"] = (None, None, 0.0)
+    for b in range(2):
+        ref = _reference_without_norm(p, x[b], int(target[b]))
+        assert torch.allclose(gen[b], ref["generic_attention"], atol=1e-6, rtol=0)
+        assert torch.allclose(joint[b], ref["transformer_attribution"], atol=1e-6, rtol=0)
+
+
+def _reference_without_norm(p: dict, image: torch.Tensor, target: int) -> dict:
+    import tests.vit_reference as vr
+
+    original = vr.F.layer_norm
+    vr.F.layer_norm = lambda t, shape, w=None, b=None, eps=0.0: t if w is None else original(t, shape, w, b, eps)
+    try:
+        return reference(p, image, target)
+    finally:
+        vr.F.layer_norm = original

@@ -29,7 +29,8 @@ def params_timm(model) -> dict:
                            fc2=(blk.mlp.fc2.weight, blk.mlp.fc2.bias)))
     head = [(model.head.weight, model.head.bias)] if isinstance(model.head, torch.nn.Linear) else []
     return dict(conv=model.patch_embed.proj, cls=model.cls_token[0, 0], pos=model.pos_embed[0], blocks=blocks,
-                norm=(model.norm.weight, model.norm.bias, model.norm.eps), head=head)
+                norm=(model.norm.weight, model.norm.bias, model.norm.eps), head=head,
+                pool=getattr(model, "token_pooling", "cls"))
 
 
 def params_torchvision(model) -> dict:
@@ -112,7 +113,9 @@ def reference(p: dict, image: Tensor, target: int) -> dict:
         saved.append(dict(x=x, u=u, A=A, Q=Q, K=K, V=V, merged=merged, attn_out=attn_out, x1=x1, w=w, hidden=hidden,
                           mlp_out=mlp_out))
         x = x1 + mlp_out
-    cls = F.layer_norm(x, (x.shape[1],), *p["norm"])[0]
+    mean_pool = p.get("pool", "cls") == "mean"  # norm(mean of patch tokens) instead of norm(tokens)[CLS]
+    cls = F.layer_norm(x[1:].mean(dim=0) if mean_pool else x, (x.shape[1],), *p["norm"])
+    cls = cls if mean_pool else cls[0]
     feats = [cls]
     out = cls
     for weight, bias in p["head"]:
@@ -127,8 +130,13 @@ def reference(p: dict, image: Tensor, target: int) -> dict:
     R = torch.zeros_like(out.detach()); R[target] = 1.0
     for (weight, _), inp in zip(reversed(p["head"]), reversed(feats[:-1])):
         R = _linear_relprop(R, inp.detach(), weight.detach())
-    xcls = feats[0].detach()
-    R_tok = torch.zeros_like(x.detach()); R_tok[0] = xcls * safe_divide(R, xcls)
+    R_tok = torch.zeros_like(x.detach())
+    if mean_pool:  # RelPropSimple through the average: X_i · ∂mean/∂X_i · R / mean
+        r_patches = _simple_relprop(lambda t: t.mean(dim=0), R, x[1:].detach())[0]
+        R_tok[1:] = r_patches
+    else:
+        xcls = feats[0].detach()
+        R_tok[0] = xcls * safe_divide(R, xcls)
     R = R_tok
     cams = [None] * len(saved)
     for b in reversed(range(len(saved))):

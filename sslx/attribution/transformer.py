@@ -84,10 +84,15 @@ def lrp_relevances(run: ViTRun, target: Tensor) -> tuple[list[Tensor], Tensor]:
     relevance = F.one_hot(target, out.shape[1]).to(out.dtype)
     for inp, weight in reversed(run.head_linears):
         relevance = linear_relprop(relevance, inp.detach(), weight.detach())
-    cls = run.head_linears[0][0].detach() if run.head_linears else out
     last = run.blocks[-1]
     tokens = torch.zeros(last.x.shape, dtype=out.dtype, device=out.device)
-    tokens[:, 0] = cls * safe_divide(relevance, cls)
+    if run.pooling == "cls":  # the authors' IndexSelect rule on the classifier's input
+        cls = run.head_linears[0][0].detach() if run.head_linears else out
+        tokens[:, 0] = cls * safe_divide(relevance.reshape(cls.shape), cls)
+    else:  # mean of the patch tokens: gradient×input of the average, X_i · (R / X̄) / n
+        patches = (last.x + last.attn_out + last.mlp_out).detach()[:, -run.grid[0] * run.grid[1]:]
+        mean = patches.mean(dim=1)
+        tokens[:, -patches.shape[1]:] = patches * safe_divide(relevance.reshape(mean.shape), mean)[:, None] / patches.shape[1]
     relevance = tokens
     cams: list[Tensor] = []
     for rec in reversed(run.blocks):

@@ -48,6 +48,7 @@ class ViTRun:
     head_linears: list[tuple[Tensor, Tensor]]
     grid: tuple[int, int]
     image_size: tuple[int, int]
+    pooling: str = "cls"  # how the classifier reads the tokens: the CLS token, or the mean of the patch tokens
 
 
 def find_blocks(model: nn.Module) -> tuple[nn.ModuleList | nn.Sequential, str]:
@@ -207,7 +208,11 @@ def record_vit(model: nn.Module, x: Tensor) -> ViTRun:
     tokens = records[0].attn.shape[-1]
     if tokens < grid[0] * grid[1] + 1:
         raise TypeError(f"{tokens} tokens cannot hold a CLS token and a {grid[0]}×{grid[1]} patch grid")
-    return ViTRun(output, records, head_linears, grid, (x.shape[-2], x.shape[-1]))
+    pooling = next((m.token_pooling for m in model.modules() if isinstance(getattr(m, "token_pooling", None), str)),
+                   "cls")
+    if pooling not in ("cls", "mean"):
+        raise TypeError(f"unknown token pooling {pooling!r} (expected 'cls' or 'mean')")
+    return ViTRun(output, records, head_linears, grid, (x.shape[-2], x.shape[-1]), pooling)
 
 
 def attention_gradients(run: ViTRun, target: Tensor) -> None:
