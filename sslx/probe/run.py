@@ -124,8 +124,8 @@ def load_model(spec: str, vit_token: str = "cls") -> nn.Module:
         return ssl_models.embedded(spec)
     path = Path(spec)
     if not path.exists():
-        raise FileNotFoundError(f"--model {spec!r} is neither an embedded model ({', '.join(EMBEDDED_NAMES)}, vit) "
-                                "nor an existing checkpoint file")
+        raise FileNotFoundError(f"--model {spec!r} is neither an embedded model ({', '.join(EMBEDDED_NAMES)}) "
+                                "nor an existing checkpoint file (nor 'vit', the embedded supervised ViT)")
     try:
         model = ssl_models.load(path)
     except ssl_models.CheckpointError as err:
