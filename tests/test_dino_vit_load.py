@@ -89,3 +89,20 @@ def test_bad_files(tmp_path, nets) -> None:
         ssl_models.load(tmp_path / "missing_key.pth", variant="student")
     with pytest.raises(CheckpointError, match="contradicts"):
         ssl_models.load(save_backbone_only(nets[1], tmp_path / "b.pth"), kind="rotnet")
+
+
+@pytest.mark.parametrize("token", ["cls", "mean"])
+def test_probe_sees_dino_blocks_as_layers(tmp_path, nets, token) -> None:
+    from sslx.probe.run import load_model
+
+    teacher = nets[1]
+    layers = load_model(str(save_full(*nets, tmp_path / "checkpoint.pth")), token)
+    assert layers.layers == ("block1", "block2") and layers.preprocess.input_size == 32
+    trunk = layers.truncate("block1").double()
+    x = _x(2)
+    with torch.no_grad():
+        t = teacher.backbone.blocks[0](teacher.backbone.prepare_tokens(x))
+        expected = t[:, 0] if token == "cls" else t[:, 1:].mean(dim=1)
+        assert torch.allclose(trunk(x)[:, :, 0, 0], expected, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="unknown layer 'block3'"):
+        layers.truncate("block3")
