@@ -186,3 +186,19 @@ def _reference_without_norm(p: dict, image: torch.Tensor, target: int) -> dict:
         return reference(p, image, target)
     finally:
         vr.F.layer_norm = original
+
+
+def test_unsupported_block_variant_is_refused() -> None:
+    """A block with layer scale on its attention branch is not x + attn + mlp: refused, not explained wrongly."""
+    model = _tiny_timm()
+    block = model.blocks[1]
+    attn = block.attn
+
+    class Scaled(torch.nn.Module):
+        def forward(self, x):
+            x = x + 0.5 * attn(block.norm1(x))
+            return x + block.mlp(block.norm2(x))
+
+    block.forward = Scaled().forward
+    with pytest.raises(TypeError, match="block 1 is not the pre-norm residual block"):
+        sslx.explain(model, torch.randn(1, 3, 16, 16, dtype=torch.float64), method="generic_attention")

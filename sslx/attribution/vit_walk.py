@@ -36,6 +36,7 @@ class BlockRecord:
     proj_weight: Tensor | None = None
     mlp_out: Tensor | None = None                  # MLP branch output, B×N×D
     mlp_linears: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # (input, weight) in call order
+    out: Tensor | None = None                      # block output, checked to be x + attn_out + mlp_out
     grad: Tensor | None = None                     # ∂ score / ∂ attn, filled by `attention_gradients`
 
 
@@ -159,6 +160,8 @@ def _instrumented(model: nn.Module, records: list[BlockRecord], head_linears: li
                 lambda m, args, rec=rec: setattr(rec, "x", args[0])))
             handles.append(block.mlp.register_forward_hook(
                 lambda m, args, out, rec=rec: setattr(rec, "mlp_out", out)))
+            handles.append(block.register_forward_hook(
+                lambda m, args, out, rec=rec: setattr(rec, "out", out)))
             for lin in block.mlp.modules():
                 if isinstance(lin, nn.Linear):
                     handles.append(lin.register_forward_hook(linear_hook(rec.mlp_linears, False)))
@@ -204,6 +207,12 @@ def record_vit(model: nn.Module, x: Tensor) -> ViTRun:
     missing = [i for i, r in enumerate(records) if r.attn is None or r.x is None or r.mlp_out is None]
     if missing:
         raise TypeError(f"blocks {missing} were not run by the model's forward; cannot explain it")
+    for i, r in enumerate(records):
+        expected = r.x + r.attn_out + r.mlp_out
+        if not isinstance(r.out, Tensor) or r.out.shape != expected.shape or not torch.allclose(
+                r.out, expected, rtol=1e-4, atol=1e-5 * max(1.0, float(expected.abs().max()))):
+            raise TypeError(f"block {i} is not the pre-norm residual block x + attn(norm1(x)) + mlp(norm2(·)) the "
+                            "transformer methods assume (layer scale, post-norm or extra branches are not supported)")
     grid = (x.shape[-2] // stride, x.shape[-1] // stride)
     tokens = records[0].attn.shape[-1]
     if tokens < grid[0] * grid[1] + 1:
