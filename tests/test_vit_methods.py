@@ -202,3 +202,22 @@ def test_unsupported_block_variant_is_refused() -> None:
     block.forward = Scaled().forward
     with pytest.raises(TypeError, match="block 1 is not the pre-norm residual block"):
         sslx.explain(model, torch.randn(1, 3, 16, 16, dtype=torch.float64), method="generic_attention")
+
+
+def test_timm_vision_transformer_matches_reference() -> None:
+    """timm's own VisionTransformer (fused attention by default) explained = the literal reference."""
+    timm = pytest.importorskip("timm")  # in the dev extra; CI installs it
+    torch.manual_seed(4)
+    model = timm.models.vision_transformer.VisionTransformer(
+        img_size=16, patch_size=8, embed_dim=12, depth=2, num_heads=3, num_classes=4, mlp_ratio=2.0).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+    x, target = torch.randn(2, 3, 16, 16, dtype=torch.float64), torch.tensor([1, 3])
+    before = model(x)
+    for name, method in METHODS.items():
+        joint, _ = method(model).token_relevance(x, target)
+        for b in range(2):
+            ref = reference(params_timm(model), x[b], int(target[b]))
+            assert torch.allclose(joint[b], ref[name], atol=1e-6, rtol=0), name
+    assert torch.equal(model(x), before) and "forward" not in model.blocks[0].attn.__dict__

@@ -92,7 +92,8 @@ def _timm_attention(module: nn.Module, rec: BlockRecord, returns_tuple: list[boo
             raise TypeError(f"attention with a {name} layer ({type(sub).__name__}) is not supported")
 
     def forward(x: Tensor, *args: Any, **kwargs: Any) -> Any:
-        if any(a is not None for a in args) or any(v is not None for v in kwargs.values()):
+        if any(a is not None and a is not False for a in args) or \
+                any(v is not None and v is not False for v in kwargs.values()):  # attn_mask=None, is_causal=False
             raise ValueError("attention masks are not supported by the transformer explanation methods")
         if returns_tuple[0] is None:  # DINO returns (x, attn), timm returns x: ask the original once
             with torch.no_grad():
@@ -210,7 +211,7 @@ def record_vit(model: nn.Module, x: Tensor) -> ViTRun:
     for i, r in enumerate(records):
         expected = r.x + r.attn_out + r.mlp_out
         if not isinstance(r.out, Tensor) or r.out.shape != expected.shape or not torch.allclose(
-                r.out, expected, rtol=1e-4, atol=1e-5 * max(1.0, float(expected.abs().max()))):
+                r.out, expected, rtol=1e-4, atol=1e-5 * max(1.0, float(expected.detach().abs().max()))):
             raise TypeError(f"block {i} is not the pre-norm residual block x + attn(norm1(x)) + mlp(norm2(·)) the "
                             "transformer methods assume (layer scale, post-norm or extra branches are not supported)")
     grid = (x.shape[-2] // stride, x.shape[-1] // stride)
