@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -113,7 +114,8 @@ class DinoVisionTransformer(nn.Module):
 
 
 class DINOHead(nn.Module):
-    def __init__(self, in_dim, out_dim, nlayers=3, hidden_dim=2048, bottleneck_dim=256, norm_last_layer=True):
+    def __init__(self, in_dim, out_dim, nlayers=3, hidden_dim=2048, bottleneck_dim=256, norm_last_layer=True,
+                 parametrized=False):
         super().__init__()
         layers = [nn.Linear(in_dim, hidden_dim), nn.GELU()]
         for _ in range(nlayers - 2):
@@ -124,11 +126,18 @@ class DINOHead(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=0.2)
                 nn.init.normal_(m.bias, std=0.1)
-        self.last_layer = nn.utils.weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
+        if parametrized:  # the newer torch API: keys last_layer.parametrizations.weight.original0/1
+            self.last_layer = nn.utils.parametrizations.weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
+            g = self.last_layer.parametrizations.weight.original0
+        else:  # DINO's call; deprecated in torch 2.x, same keys weight_g / weight_v as the released files
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                self.last_layer = nn.utils.weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
+            g = self.last_layer.weight_g
         with torch.no_grad():
-            self.last_layer.weight_g.uniform_(0.5, 2.0)
+            g.uniform_(0.5, 2.0)
         if norm_last_layer:
-            self.last_layer.weight_g.requires_grad = False
+            g.requires_grad = False
 
     def forward(self, x):
         x = nn.functional.normalize(self.mlp(x), dim=-1, p=2)
@@ -153,7 +162,8 @@ class DDP(nn.Module):
         self.module = module
 
 
-def tiny_dino(seed: int = 0, embed_dim: int = 128, depth: int = 2, out_dim: int = 10) -> MultiCropWrapper:
+def tiny_dino(seed: int = 0, embed_dim: int = 128, depth: int = 2, out_dim: int = 10,
+              parametrized: bool = False) -> MultiCropWrapper:
     """A small DINO network: ViT (2 heads of 64) + DINOHead, random weights, float64."""
     torch.manual_seed(seed)
     vit = DinoVisionTransformer(img_size=32, patch_size=16, embed_dim=embed_dim, depth=depth,
@@ -161,7 +171,8 @@ def tiny_dino(seed: int = 0, embed_dim: int = 128, depth: int = 2, out_dim: int 
     with torch.no_grad():
         for p in vit.parameters():
             p.add_(torch.randn_like(p) * 0.1)
-    return MultiCropWrapper(vit, DINOHead(embed_dim, out_dim, nlayers=3, hidden_dim=48, bottleneck_dim=16)).double()
+    return MultiCropWrapper(vit, DINOHead(embed_dim, out_dim, nlayers=3, hidden_dim=48, bottleneck_dim=16,
+                                             parametrized=parametrized)).double()
 
 
 def save_backbone_only(net: MultiCropWrapper, path: Path) -> Path:

@@ -106,3 +106,13 @@ def test_probe_sees_dino_blocks_as_layers(tmp_path, nets, token) -> None:
         assert torch.allclose(trunk(x)[:, :, 0, 0], expected, atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="unknown layer 'block3'"):
         layers.truncate("block3")
+
+
+def test_parametrized_weight_norm_keys(tmp_path) -> None:
+    """A head saved with torch.nn.utils.parametrizations.weight_norm (original0 = g, original1 = v) loads too."""
+    net = tiny_dino(seed=2, parametrized=True).eval()
+    torch.save(net.state_dict(), tmp_path / "teacher_only.pth")
+    model = ssl_models.load(tmp_path / "teacher_only.pth").double()
+    x = _x(2)
+    with torch.no_grad():
+        assert torch.allclose(model(x), net(x), atol=1e-6, rtol=0)
