@@ -31,11 +31,14 @@ from sslx.metrics import (DEFAULT_FRACTIONS, average_precision, mean_interval, m
 TABLE2_METHODS = ("integrated_gradients", "smoothgrad", "lrp", "lrp_ab", "fullgrad", "gradcam", "rap", "clrp",
                   "sglrp", "agf")
 TABLE3_METHODS = ("gradient_shap", "meaningful_perturbation", *TABLE2_METHODS)
+# Attention-based methods for Vision Transformers (--model vit); the graph-walking methods above need CNNs.
+VIT_METHODS = ("attention_rollout", "generic_attention", "transformer_attribution")
 NOT_IMPLEMENTED = {"meaningful_perturbation"}
 LABELS = {"gradient_shap": "Gradient SHAP", "meaningful_perturbation": "Meaningful Perturbation",
           "integrated_gradients": "Int. Grad", "smoothgrad": "Smooth Grad", "lrp": "LRP", "lrp_ab": "LRP αβ",
           "fullgrad": "Full Grad", "gradcam": "Grad CAM", "rap": "RAP", "clrp": "CLRP", "sglrp": "SGLRP",
-          "agf": "AGF (ours)"}
+          "agf": "AGF (ours)", "attention_rollout": "Rollout", "generic_attention": "Generic Attn (ICCV'21)",
+          "transformer_attribution": "Transformer Attr. (CVPR'21)"}
 # Maps with signed values: their positive part is the object (threshold 0). The others are non-negative
 # and thresholded at their per-image mean (the paper's rule). Integrated gradients is in the paper's signed
 # list, but the authors' baseline (and sslx's, by default) returns Σ_c|·| ≥ 0, so it is thresholded at the mean.
@@ -58,7 +61,7 @@ MULTILABEL_ASSET = "multilabel_vgg.pth"
 UNCHOSEN_PENALTY = 0.1  # subtracted from the channels of classes not predicted (sigmoid ≤ 0.5), as the authors' VOC code
 Factory = Callable[[nn.Module], Any]
 
-__all__ = ["LABELS", "MAP_PROTOCOLS", "SIGNED_METHODS", "TABLE2_METHODS", "TABLE3_METHODS", "ClassSpecificityScorer", "Explainers",
+__all__ = ["LABELS", "MAP_PROTOCOLS", "SIGNED_METHODS", "TABLE2_METHODS", "TABLE3_METHODS", "VIT_METHODS", "ClassSpecificityScorer", "Explainers",
            "MultiLabelSegmentationScorer", "PerturbationScorer", "SegmentationScorer", "add_map_protocol_option",
            "add_methods_option",
            "add_model_option", "class_evidence", "curves_figure", "label_scores", "load_model", "make_loader",
@@ -100,9 +103,9 @@ def parse_methods(text: str, allowed: Sequence[str]) -> list[str]:
 
 def load_model(spec: str) -> nn.Module:
     """A classifier in eval mode from an embedded name, an sslx supervised checkpoint path or torchvision:NAME."""
-    from sslx.assets import SUPERVISED, load_embedded, load_supervised
+    from sslx.assets import SUPERVISED, TRANSFORMERS, load_embedded, load_supervised
 
-    if spec in SUPERVISED:
+    if spec in SUPERVISED + TRANSFORMERS:
         return load_embedded(spec)
     if spec.startswith("torchvision:"):
         import torchvision

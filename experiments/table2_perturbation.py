@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the perturbation test for every method and write the results files; returns the JSON data."""
     args = parse_args(argv)
     harness.setup(args)
-    methods = se.parse_methods(args.methods, se.TABLE2_METHODS)
+    methods = se.parse_methods(args.methods, (*se.TABLE2_METHODS, *se.VIT_METHODS))
     data, data_name = dataset(args)
     mean, std = se.normalisation(data)
     n_images = args.n_images or DEFAULT_N_IMAGES

@@ -67,6 +67,9 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     p.add_argument("--voc", type=Path, default=None, help="PASCAL VOC 2012 root (torchvision layout)")
     p.add_argument("--voc-split", default="val")
     p.add_argument("--image-size", type=int, default=224, help="resolution of the real datasets' images")
+    p.add_argument("--part", choices=("all", "a"), default="all",
+                   help="all: parts (a) and (b); a: only the single-label part (e.g. --model vit, which has no "
+                        "multi-label counterpart)")
     se.add_map_protocol_option(p, "(a)")
     return p.parse_args(argv)
 
@@ -89,7 +92,7 @@ def part_datasets(args: Any) -> dict[str, tuple[Any, str]]:
             raise ValueError("--voc needs --multilabel-model (a multi-label classifier of the 20 VOC classes)")
         parts["voc"] = (VOCSegmentation2012(args.voc, args.voc_split, args.image_size),
                         f"PASCAL VOC 2012 {args.voc_split} ({args.voc})")
-    elif not real:
+    elif not real and args.part == "all":
         parts["voc"] = (se.scene_dataset("pair", args.seed), "two-object test scenes, two different classes (128×128)")
     return parts
 
@@ -133,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the parts that apply and write the results files; returns the JSON data."""
     args = parse_args(argv)
     harness.setup(args)
-    methods = se.parse_methods(args.methods, se.TABLE3_METHODS)
+    methods = se.parse_methods(args.methods, (*se.TABLE3_METHODS, *se.VIT_METHODS))
     implemented = [m for m in methods if m not in se.NOT_IMPLEMENTED]
     n_images = args.n_images or DEFAULT_N_IMAGES
     results: dict[str, Any] = {}

@@ -25,6 +25,8 @@ class RawCheckpoint:
     notes: list[str] = field(default_factory=list)
 
 
+DINO_NETWORKS = ("teacher", "student")  # the two networks of a full DINO training checkpoint
+
 def unwrap_checkpoint(obj: object) -> RawCheckpoint:
     """Find the state_dict in a loaded checkpoint (plain, or under 'model'/'state_dict'/'network')."""
     if not isinstance(obj, Mapping):
@@ -59,14 +61,33 @@ def unwrap_checkpoint(obj: object) -> RawCheckpoint:
     return RawCheckpoint(layout, key, _strip_module(state), meta, [])
 
 
+def unwrap_dino_training(obj: object, network: str | None) -> RawCheckpoint | None:
+    """The teacher's (or student's) weights of a full DINO checkpoint; None when `obj` is not one."""
+    if not isinstance(obj, Mapping) or not any(isinstance(obj.get(n), Mapping) for n in DINO_NETWORKS):
+        if network is not None:
+            raise CheckpointError(f"variant={network!r} selects a network of a full DINO checkpoint, but this file "
+                                  "has no 'teacher'/'student' entries")
+        return None
+    if network is not None and network not in DINO_NETWORKS:
+        raise CheckpointError(f"variant for a full DINO checkpoint must be one of {DINO_NETWORKS}, got {network!r}")
+    chosen = network or ("teacher" if isinstance(obj.get("teacher"), Mapping) else "student")
+    state = obj.get(chosen)
+    if not isinstance(state, Mapping) or not state:
+        raise CheckpointError(f"the checkpoint has no {chosen!r} weights (top-level keys {sorted(map(str, obj))})")
+    bad = [k for k, v in state.items() if not isinstance(v, Tensor)]
+    if bad:
+        raise CheckpointError(f"the {chosen!r} state_dict has non-tensor entries: {summarize_keys(map(str, bad))}")
+    meta = {k: v for k, v in obj.items() if k not in DINO_NETWORKS}
+    layout = "{" + ", ".join(repr(k) for k in obj) + "}"
+    return RawCheckpoint(layout, chosen, _strip_module(state), meta, [f"DINO full checkpoint: the {chosen}'s weights are used"])
+
+
 def _two_part_checkpoint(obj: Mapping[str, Any]) -> RawCheckpoint | None:
     """DINO {'student','teacher',...} (the teacher is used) and the SimCLRv2 converter's {'resnet','head'}."""
     layout = "{" + ", ".join(repr(name) for name in obj) + "}"
-    if isinstance(obj.get("teacher"), Mapping) and isinstance(obj.get("student"), Mapping):
-        state = _tensor_dict(obj["teacher"], "teacher")
-        meta = {name: value for name, value in obj.items() if name not in ("teacher", "student")}
-        return RawCheckpoint(layout, "teacher", _strip_module(state), meta,
-                             ["DINO full checkpoint: the teacher's weights are used, the student is ignored"])
+    dino = unwrap_dino_training(obj, None)
+    if dino is not None:
+        return dino
     if isinstance(obj.get("resnet"), Mapping) and isinstance(obj.get("head"), Mapping):
         merged = {f"resnet.{key}": value for key, value in _tensor_dict(obj["resnet"], "resnet").items()}
         merged.update({f"head.{key}": value for key, value in _tensor_dict(obj["head"], "head").items()})

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ssl_models.base import SSLModel
-from ssl_models.checkpoint import RawCheckpoint
+from ssl_models.checkpoint import DINO_NETWORKS, RawCheckpoint
 from ssl_models.contrastive import bare_trunk, build_with_projector
 from ssl_models.errors import CheckpointError
 from ssl_models.mlp import L2Normalize, build_mlp, fold_weight_norm
@@ -18,13 +18,14 @@ EXPECTED_KEYS = ("{'student','teacher',...} with backbone.* + head.mlp.* + head.
 
 def looks_like(raw: RawCheckpoint) -> bool:
     """True for a DINO full checkpoint (a weight-normed head.last_layer next to backbone.*)."""
-    return "head.last_layer.weight_v" in raw.state and any(key.startswith("backbone.") for key in raw.state)
+    return ("head.last_layer.weight_v" in raw.state and any(key.startswith("backbone.") for key in raw.state)
+            and "backbone.cls_token" not in raw.state)  # a ViT's full checkpoint is dino_vit's
 
 
 def build(raw: RawCheckpoint, variant: str | None = None) -> SSLModel:
     """backbone = trunk ▸ DINOHead MLP (GELU) ▸ L2 normalisation; head = the last layer (weight norm folded)."""
-    if variant is not None:
-        raise ValueError(f"DINO checkpoints take no variant, got variant={variant!r}")
+    if variant is not None and not (variant in DINO_NETWORKS and raw.wrapper_key in DINO_NETWORKS):
+        raise ValueError(f"variant={variant!r}: DINO ResNet-50 files take only 'teacher'/'student' for full checkpoints")
     if bare_trunk(raw):
         return build_with_projector(raw, KIND, "", "head.", (), "")
     state = dict(raw.state)

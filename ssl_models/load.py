@@ -7,9 +7,10 @@ from numbers import Integral
 from pathlib import Path
 from types import ModuleType
 
-from ssl_models import byol, converted, dino, moco, rotnet, scan, sela, simclr, swav, torchvision_backbone, vicreg
+from ssl_models import (byol, converted, dino, dino_vit, moco, rotnet, scan, sela, simclr, swav, torchvision_backbone,
+                        vicreg)
 from ssl_models.base import SSLModel
-from ssl_models.checkpoint import RawCheckpoint, unwrap_checkpoint
+from ssl_models.checkpoint import DINO_NETWORKS, RawCheckpoint, unwrap_checkpoint, unwrap_dino_training
 from ssl_models.errors import CheckpointError
 from ssl_models.keys import summarize_keys
 from ssl_models.serialization import read_checkpoint
@@ -18,7 +19,7 @@ logger = logging.getLogger("ssl_models")
 
 FAMILIES: dict[str, ModuleType] = {
     "scan": scan, "sela": sela, "rotnet": rotnet, "moco": moco, "swav": swav, "dino": dino, "vicreg": vicreg,
-    "simclr": simclr, "byol": byol, "torchvision": torchvision_backbone,
+    "simclr": simclr, "byol": byol, "dino_vit": dino_vit, "torchvision": torchvision_backbone,
 }
 KINDS = tuple(FAMILIES)
 # Families whose published files include a backbone-only torchvision ResNet (no SSL marker in the keys).
@@ -29,13 +30,13 @@ TORCHVISION_FC_KINDS = ("simclr", "byol")
 
 def load(path: str | os.PathLike[str], kind: str | None = None, head: int | None = None,
          *, variant: str | None = None) -> SSLModel:
-    """Load a SCAN / SeLa / RotNet / MoCo / SwAV / DINO / VICReg / SimCLR / BYOL checkpoint as an eval-mode SSLModel.
+    """Load a SCAN / SeLa / RotNet / MoCo / SwAV / DINO (ResNet-50 or ViT) / VICReg / SimCLR / BYOL checkpoint as an
+    eval-mode SSLModel on the CPU.
 
-
-    kind: one of KINDS ("scan", "sela", "rotnet", "moco", "swav", "dino", "vicreg", "simclr", "byol",
-    "torchvision"), or None to detect it from the keys; head: which SSL head the
-    forward uses (default: SCAN's stored best head, else head 0); variant: only for SCAN ResNet-18
-    files, whose CIFAR ("cifar", default) and STL-10 ("stl") models have identical keys.
+    kind: one of KINDS ("scan", "sela", "rotnet", "moco", "swav", "dino", "vicreg", "simclr", "byol", "dino_vit",
+    "torchvision"), or None to detect it from the keys; head: which SSL head the forward uses (default: SCAN's
+    stored best head, else head 0); variant: for SCAN ResNet-18 files, whose CIFAR ("cifar", default) and
+    STL-10 ("stl") models have identical keys; for full DINO checkpoints, "teacher" (default) or "student".
     """
     if kind is not None and kind not in FAMILIES:
         raise ValueError(f"unknown kind {kind!r}; valid kinds are {KINDS} or None (detect)")
@@ -43,7 +44,9 @@ def load(path: str | os.PathLike[str], kind: str | None = None, head: int | None
         raise TypeError(f"head must be an int or None, got {type(head).__name__}")
     path = Path(path)
     try:
-        raw = unwrap_checkpoint(read_checkpoint(path))
+        obj = read_checkpoint(path)
+        network = variant if kind in (None, "dino", "dino_vit") and variant in DINO_NETWORKS else None
+        raw = unwrap_dino_training(obj, network) or unwrap_checkpoint(obj)
         detected = detect_kind(raw, kind)
         if kind is not None and detected != kind:
             raise CheckpointError(

@@ -28,6 +28,8 @@ _SAFE_NUMPY_GLOBALS: list[Any] = [
     # under numpy 2 a dtype unpickles as an instance of its DType class, which then needs BUILD
     *(type(np.dtype(t)) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
                                    np.uint32, np.uint64, np.float16, np.float32, np.float64)),
+    # DINO's full checkpoints store the run's options as an argparse.Namespace (plain attributes, no code)
+    argparse.Namespace,
 ]
 
 _UNSUPPORTED_GLOBAL = re.compile(r"unsupported GLOBAL ([\w.]+)|Unsupported global: GLOBAL ([\w.]+)")

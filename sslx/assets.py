@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 SUPERVISED = ("vgg", "resnet")
+TRANSFORMERS = ("vit",)  # supervised too, kept apart: AGF does not walk attention
 SELF_SUPERVISED = ("rotnet", "sela", "scan")
 EMBEDDED = SUPERVISED + SELF_SUPERVISED
 SUPERVISED_KEYS = frozenset({"arch", "config", "state_dict", "classes", "metrics"})
@@ -23,24 +24,26 @@ def assets_dir() -> Path:
 
 def asset_path(name: str) -> Path:
     """Checkpoint path of the embedded model `name` (which may not exist yet)."""
-    if name not in EMBEDDED:
-        raise ValueError(f"unknown embedded model {name!r}; valid names are {EMBEDDED}")
-    return assets_dir() / (f"supervised_{name}.pth" if name in SUPERVISED else f"{name}.pth")
+    if name not in EMBEDDED + TRANSFORMERS:
+        raise ValueError(f"unknown embedded model {name!r}; valid names are {EMBEDDED + TRANSFORMERS}")
+    return assets_dir() / (f"supervised_{name}.pth" if name in SUPERVISED + TRANSFORMERS else f"{name}.pth")
 
 
 def training_command(name: str) -> str:
     """The command that (re)creates the asset `name`."""
+    if name == "vit":
+        return "python experiments/train_vit.py"
     if name in SUPERVISED:
         return f"python experiments/train_supervised.py --arch {name}"
     return f"python experiments/train_{name}.py"
 
 
 def load_embedded(name: str) -> nn.Module:
-    """The embedded model `name` in eval mode: "vgg", "resnet" (supervised, 12 scene classes), "rotnet", "sela", "scan"."""
+    """The embedded model `name` in eval mode: "vgg", "resnet", "vit" (supervised, 12 scene classes), "rotnet", "sela", "scan"."""
     path = asset_path(name)
     if not path.is_file():
         raise FileNotFoundError(f"embedded model asset {path} is missing; create it with `{training_command(name)}`")
-    if name in SUPERVISED:
+    if name in SUPERVISED + TRANSFORMERS:
         return load_supervised(path, name)
     import ssl_models
 
@@ -77,7 +80,15 @@ def load_supervised(path: str | Path, arch: str | None = None) -> nn.Module:
     obj = read_supervised(path)
     if arch is not None and obj["arch"] != arch:
         raise ValueError(f"{path} holds a {obj['arch']!r} classifier, expected {arch!r}")
-    model = build_classifier(obj["arch"], obj["config"])
+    if obj["arch"] == "vit":
+        from sslx.models.vit import VisionTransformer
+
+        try:
+            model: nn.Module = VisionTransformer(**obj["config"])
+        except TypeError as exc:
+            raise ValueError(f"{path}: 'config' does not describe a VisionTransformer: {exc}") from None
+    else:
+        model = build_classifier(obj["arch"], obj["config"])
     try:
         model.load_state_dict(obj["state_dict"], strict=True)
     except RuntimeError as exc:

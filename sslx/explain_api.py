@@ -10,6 +10,7 @@ from .attribution.agf import AGF
 from .attribution.gradient import FullGrad, GradCAM, GradientShap, IntegratedGradients, SmoothGrad
 from .attribution.lrp import CLRP, LRP, SGLRP
 from .attribution.rap import RAP
+from .attribution.transformer import AttentionRollout, GenericAttention, TransformerAttribution
 
 # name -> factory(model, **options) returning an object with .attribute(x, target)
 METHODS: dict[str, Callable[..., Any]] = {
@@ -24,6 +25,9 @@ METHODS: dict[str, Callable[..., Any]] = {
     "integrated_gradients": IntegratedGradients,
     "smoothgrad": SmoothGrad,
     "gradient_shap": GradientShap,
+    "transformer_attribution": TransformerAttribution,
+    "attention_rollout": AttentionRollout,
+    "generic_attention": GenericAttention,
 }
 
 

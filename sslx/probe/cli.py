@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = p.add_argument
     a("--layer", default=None, help="layer to probe: 1-based index into the model's probe-able layers "
       "(RotNet/AlexNet: 1=conv1 … 5=conv5), a layer name such as conv4, or 'all' to sweep every layer")
-    a("--model", default=d.model, help="embedded model name (rotnet, sela, scan) or a checkpoint file read by "
+    a("--model", default=d.model, help="embedded model name (rotnet, sela, scan, vit) or a checkpoint file read by "
       f"ssl_models.load (default: {d.model})")
     a("--kind", default=None, help="checkpoint family (scan, sela, rotnet, moco, swav, dino, vicreg, simclr, byol, "
       "torchvision); detected from the keys when omitted; needed for converted SimCLR v1 / BYOL files (plain "
@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--overlays", type=int, default=d.overlays, help="held-out images drawn in overlays.png and the W&B table "
       f"(default: {d.overlays}; 0 = none)")
     a("--workers", type=int, default=d.workers, help=f"DataLoader worker processes (default: {d.workers})")
+    a("--vit-token", choices=("cls", "mean"), default=d.vit_token, help="for ViTs (--model vit or a DINO checkpoint; "
+      "--layer N = after block N): probe the CLS token or the mean of the patch tokens (default: cls)")
     return p
 
 

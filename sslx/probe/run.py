@@ -28,7 +28,7 @@ ALL = "all"
 EXPLAINED_MODULE = "trunk"  # the probed layer inside the explainable network (Grad-CAM's layer)
 # Fields that change the numbers; a --resume must match them. (devices/strategy change only float noise.)
 RESULT_FIELDS = ("model", "data", "masks", "epochs", "batch_size", "max_images", "val_images", "eval_images",
-                 "methods", "seed", "optimizer", "lr", "weight_decay", "probe_features", "metrics")
+                 "methods", "seed", "optimizer", "lr", "weight_decay", "probe_features", "metrics", "vit_token")
 
 
 PROBE_CONVENTION = ("frozen post-ReLU output of the layer → AdaptiveMaxPool2d(p) → BatchNorm2d(affine=False) holding "
@@ -68,6 +68,7 @@ class ProbeConfig:
     probe_features: int = TARGET_FEATURES
     overlays: int = 8
     workers: int = 0
+    vit_token: str = "cls"
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready copy of every field."""
@@ -89,6 +90,8 @@ def check_config(config: ProbeConfig) -> None:
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+    if config.vit_token not in ("cls", "mean"):
+        raise ValueError(f"--vit-token must be 'cls' or 'mean', got {config.vit_token!r}")
     if config.overlays < 0 or config.workers < 0:
         raise ValueError("--overlays and --workers must be >= 0")
     if not config.methods:
@@ -105,12 +108,24 @@ def check_config(config: ProbeConfig) -> None:
         raise ValueError(tracking.NO_CREDENTIALS)
 
 
-def load_model(spec: str, kind: str | None = None) -> nn.Module:
-    """An embedded model name (rotnet, sela, scan, ...) or a checkpoint path, loaded with ssl_models (`kind`: its
-    family, detected when None)."""
+def load_model(spec: str, kind: str | None = None, vit_token: str = "cls") -> nn.Module:
+    """An embedded model name (rotnet, sela, scan, moco, vit) or a checkpoint path, loaded with ssl_models (`kind`:
+    its family, detected when None).
+
+    ViTs (the embedded supervised "vit", DINO ViT checkpoints) are probed per block: layer N = after block N,
+    read at the CLS token or the mean patch token (`vit_token`).
+    """
     import ssl_models
     from ssl_models.embedded_assets import EMBEDDED_NAMES
+    from sslx.models.vit_layers import ViTLayers
 
+    if spec == "vit":
+        from ssl_models.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+        from sslx.assets import load_embedded
+
+        vit = load_embedded("vit")
+        return ViTLayers(vit, Preprocess(IMAGENET_MEAN, IMAGENET_STD, vit.img_size), vit_token,
+                         {"kind": "supervised", "variant": "tiny vit"})
     if spec in EMBEDDED_NAMES:
         if kind is not None and kind != spec:
             raise ValueError(f"--kind {kind!r} contradicts the embedded model {spec!r}")
@@ -120,11 +135,14 @@ def load_model(spec: str, kind: str | None = None) -> nn.Module:
     path = Path(spec)
     if not path.exists():
         raise FileNotFoundError(f"--model {spec!r} is neither an embedded model ({', '.join(EMBEDDED_NAMES)}) "
-                                "nor an existing checkpoint file")
+                                "nor an existing checkpoint file (nor 'vit', the embedded supervised ViT)")
     try:
-        return ssl_models.load(path, kind=kind)
+        model = ssl_models.load(path, kind=kind)
     except ssl_models.CheckpointError as err:
         raise ValueError(f"cannot load --model {spec!r}: {err}") from None
+    if model.info.get("kind") == "dino_vit":
+        return ViTLayers(model.backbone.vit, model.preprocess, vit_token, model.info)
+    return model
 
 
 def resolve_layers(model: nn.Module, layer: str | None) -> list[str]:
@@ -194,7 +212,7 @@ class ProbeJob:
         check_config(config)
         self.config = config
         self.out = Path(config.out)
-        self.model = load_model(config.model, config.kind)
+        self.model = load_model(config.model, config.kind, config.vit_token)
         self.layers = resolve_layers(self.model, config.layer)
         self.is_main = rank_zero_only.rank == 0
         self.metrics_path = self.out / "metrics.json"

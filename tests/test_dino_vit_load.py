@@ -1,0 +1,115 @@
+"""DINO ViT checkpoints through ssl_models.load: layouts, feature parity with the upstream-class model, bad files."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ssl_models
+import sslx
+from sslx.ssl import explain as ssl_explain
+from sslx.neighbors import FeatureIndex
+from ssl_models.errors import CheckpointError
+from tests.dino_fixtures import save_backbone_only, save_full, tiny_dino
+
+
+@pytest.fixture(scope="module")
+def nets():
+    return tiny_dino(seed=0).eval(), tiny_dino(seed=1).eval()  # student, teacher
+
+
+def _x(n: int = 3) -> torch.Tensor:
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+
+
+def test_backbone_only_layout(tmp_path, nets) -> None:
+    teacher = nets[1]
+    model = ssl_models.load(save_backbone_only(teacher, tmp_path / "dino_deitsmall16_pretrain.pth")).double()
+    assert model.info["kind"] == "dino_vit" and model.info["config"]["num_heads"] == 2
+    assert model.info["config"]["img_size"] == 32 and model.info["config"]["depth"] == 2
+    x = _x()
+    with torch.no_grad():
+        assert torch.allclose(model.features(x), teacher.backbone(x), atol=1e-6, rtol=0)
+        assert torch.allclose(model(x), teacher.backbone(x), atol=1e-6, rtol=0)  # identity head on CLS
+    assert "identity" in model.info["head_source"]
+
+
+@pytest.mark.parametrize("network", ["teacher", "student"])
+def test_full_checkpoint_teacher_and_student(tmp_path, nets, network) -> None:
+    student, teacher = nets
+    path = save_full(student, teacher, tmp_path / "checkpoint.pth")
+    model = ssl_models.load(path, variant=None if network == "teacher" else network).double()
+    ref = teacher if network == "teacher" else student
+    x = _x()
+    with torch.no_grad():
+        expected = ref(x)  # DINOHead logits: last_layer(normalize(mlp(backbone(x))))
+        assert torch.allclose(model(x), expected, atol=1e-6, rtol=0)
+        bottleneck = torch.nn.functional.normalize(ref.head.mlp(ref.backbone(x)), dim=-1)
+        assert torch.allclose(model.features(x), bottleneck, atol=1e-6, rtol=0)
+    assert model.info["K"] == 10 and model.info["notes"][0] == f"DINO full checkpoint: the {network}'s weights are used"
+
+
+def test_algorithm2_runs_on_dino_with_transformer_methods(tmp_path, nets) -> None:
+    model = ssl_models.load(save_full(*nets, tmp_path / "checkpoint.pth")).double()
+    refs = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    with torch.no_grad():
+        index = FeatureIndex.from_features(model.features(refs).float())
+    x = _x(2)
+    for method in ("transformer_attribution", "generic_attention"):
+        out = ssl_explain(model, x, index, mode="delta", method=method)
+        assert out.heatmaps.shape == (2, 1, 32, 32) and torch.isfinite(out.heatmaps).all()
+        direct = sslx.explain(model, x, out.ssl_class, method=method)
+        assert torch.allclose(out.heatmaps, direct)
+        assert bool((out.heatmaps.flatten(1).abs().amax(1) > 0).all())
+
+
+def test_bad_files(tmp_path, nets) -> None:
+    with pytest.raises(FileNotFoundError):
+        ssl_models.load(tmp_path / "missing.pth")
+    state = nets[1].backbone.state_dict()
+    broken = dict(state)
+    del broken["blocks.1.mlp.fc2.weight"]
+    torch.save(broken, tmp_path / "missing_key.pth")
+    with pytest.raises(CheckpointError, match="missing keys.*blocks.1.mlp.fc2.weight"):
+        ssl_models.load(tmp_path / "missing_key.pth")
+    odd = dict(state)
+    odd["cls_token"] = torch.zeros(1, 1, 100)
+    torch.save(odd, tmp_path / "odd_width.pth")
+    with pytest.raises(CheckpointError, match="multiple of DINO's 64-d heads"):
+        ssl_models.load(tmp_path / "odd_width.pth")
+    (tmp_path / "trunc.pth").write_bytes((tmp_path / "missing_key.pth").read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        ssl_models.load(tmp_path / "trunc.pth")
+    torch.save(nets[1], tmp_path / "whole_model.pth")
+    with pytest.raises(CheckpointError, match="pickled Python objects"):
+        ssl_models.load(tmp_path / "whole_model.pth")
+    with pytest.raises(CheckpointError, match="no 'teacher'/'student'"):
+        ssl_models.load(tmp_path / "missing_key.pth", variant="student")
+    with pytest.raises(CheckpointError, match="contradicts"):
+        ssl_models.load(save_backbone_only(nets[1], tmp_path / "b.pth"), kind="rotnet")
+
+
+@pytest.mark.parametrize("token", ["cls", "mean"])
+def test_probe_sees_dino_blocks_as_layers(tmp_path, nets, token) -> None:
+    from sslx.probe.run import load_model
+
+    teacher = nets[1]
+    layers = load_model(str(save_full(*nets, tmp_path / "checkpoint.pth")), token)
+    assert layers.layers == ("block1", "block2") and layers.preprocess.input_size == 32
+    trunk = layers.truncate("block1").double()
+    x = _x(2)
+    with torch.no_grad():
+        t = teacher.backbone.blocks[0](teacher.backbone.prepare_tokens(x))
+        expected = t[:, 0] if token == "cls" else t[:, 1:].mean(dim=1)
+        assert torch.allclose(trunk(x)[:, :, 0, 0], expected, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="unknown layer 'block3'"):
+        layers.truncate("block3")
+
+
+def test_parametrized_weight_norm_keys(tmp_path) -> None:
+    """A head saved with torch.nn.utils.parametrizations.weight_norm (original0 = g, original1 = v) loads too."""
+    net = tiny_dino(seed=2, parametrized=True).eval()
+    torch.save(net.state_dict(), tmp_path / "teacher_only.pth")
+    model = ssl_models.load(tmp_path / "teacher_only.pth").double()
+    x = _x(2)
+    with torch.no_grad():
+        assert torch.allclose(model(x), net(x), atol=1e-6, rtol=0)
