@@ -93,7 +93,7 @@ def test_probe_sees_dino_blocks_as_layers(tmp_path, nets, token) -> None:
     from sslx.probe.run import load_model
 
     teacher = nets[1]
-    layers = load_model(str(save_full(*nets, tmp_path / "checkpoint.pth")), token)
+    layers = load_model(str(save_full(*nets, tmp_path / "checkpoint.pth")), vit_token=token)
     assert layers.layers == ("block1", "block2") and layers.preprocess.input_size == 32
     trunk = layers.truncate("block1").double()
     x = _x(2)

@@ -25,7 +25,7 @@ def test_vit_asset_layout_and_explanations() -> None:
 def test_embedded_vit_as_probe_layers() -> None:
     from sslx.probe.run import load_model, resolve_layers
 
-    layers = load_model("vit", "mean")
+    layers = load_model("vit", vit_token="mean")
     assert resolve_layers(layers, "4") == ["block4"] and layers.preprocess.input_size == 128
     vit = load_embedded("vit")
     x = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(1))

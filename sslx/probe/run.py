@@ -108,7 +108,7 @@ def check_config(config: ProbeConfig) -> None:
         raise ValueError(tracking.NO_CREDENTIALS)
 
 
-def load_model(spec: str, kind: str | None = None, vit_token: str = "cls") -> nn.Module:
+def load_model(spec: str, kind: str | None = None, *, vit_token: str = "cls") -> nn.Module:
     """An embedded model name (rotnet, sela, scan, moco, vit) or a checkpoint path, loaded with ssl_models (`kind`:
     its family, detected when None).
 
@@ -134,8 +134,8 @@ def load_model(spec: str, kind: str | None = None, vit_token: str = "cls") -> nn
         raise ValueError(f"unknown --kind {kind!r}; valid: {', '.join(ssl_models.KINDS)}")
     path = Path(spec)
     if not path.exists():
-        raise FileNotFoundError(f"--model {spec!r} is neither an embedded model ({', '.join(EMBEDDED_NAMES)}) "
-                                "nor an existing checkpoint file (nor 'vit', the embedded supervised ViT)")
+        raise FileNotFoundError(f"--model {spec!r} is neither an embedded model ({', '.join(EMBEDDED_NAMES)}, vit) "
+                                "nor an existing checkpoint file")
     try:
         model = ssl_models.load(path, kind=kind)
     except ssl_models.CheckpointError as err:
@@ -212,7 +212,7 @@ class ProbeJob:
         check_config(config)
         self.config = config
         self.out = Path(config.out)
-        self.model = load_model(config.model, config.kind, config.vit_token)
+        self.model = load_model(config.model, config.kind, vit_token=config.vit_token)
         self.layers = resolve_layers(self.model, config.layer)
         self.is_main = rank_zero_only.rank == 0
         self.metrics_path = self.out / "metrics.json"
