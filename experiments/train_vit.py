@@ -1,6 +1,10 @@
 """Train the embedded supervised tiny ViT on single-object scenes and save it as an sslx asset.
 
-    OMP_NUM_THREADS=1 python experiments/train_vit.py     # writes ssl_models/assets/supervised_vit.pth
+    OMP_NUM_THREADS=1 python experiments/train_vit.py --epochs 16 --stop-after-epochs 12
+                                                          # writes ssl_models/assets/supervised_vit.pth
+
+The committed asset is that run (it was stopped by --max-minutes 14 after epoch 12 of a 16-epoch schedule;
+--stop-after-epochs 12 reproduces the same steps deterministically): 63.4 % test accuracy, 859 s on one thread.
 
 Same file layout as the other supervised assets ({'arch': 'vit', 'config', 'state_dict', 'classes', 'metrics'});
 `sslx.assets.load_embedded("vit")` rebuilds it. Plain PyTorch loop: AdamW, warm-up + cosine, label smoothing,
@@ -21,7 +25,7 @@ from train_common import (ASSETS, Clock, class_accuracy, file_mb, load_split, pr
 def main() -> None:
     """Train, evaluate on the test split, save, reload and check that the ViT explanations run."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--train-size", type=int, default=9600)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -31,6 +35,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--max-minutes", type=float, default=14.0, help="safety stop after this many minutes")
+    p.add_argument("--stop-after-epochs", type=int, default=None,
+                   help="train only the first N epochs of the planned schedule (the schedule still spans all)")
     p.add_argument("--out", default=str(ASSETS / "supervised_vit.pth"))
     args = p.parse_args()
     setup(args.seed, args.threads)
@@ -78,6 +84,8 @@ def main() -> None:
         wall, _ = clock.seconds()
         print(f"epoch {epochs_run}/{args.epochs} loss {loss_sum / steps_per_epoch:.4f} "
               f"train_acc {hits / (steps_per_epoch * args.batch_size):.4f} test300_acc {acc:.4f} {wall:.0f}s", flush=True)
+        if args.stop_after_epochs is not None and epochs_run >= args.stop_after_epochs:
+            break
         if wall > args.max_minutes * 60:
             print("safety stop: --max-minutes reached", flush=True)
             break

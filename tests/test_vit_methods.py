@@ -158,8 +158,8 @@ def test_probe_trunk_after_block_matches_reference(token: str) -> None:
     x, target = torch.randn(2, 3, 16, 16, dtype=torch.float64), torch.tensor([4, 0])
     joint, _ = TransformerAttribution(probe).token_relevance(x, target)
     gen, _ = GenericAttention(probe).token_relevance(x, target)
-    # the same two blocks as a ViT whose head is the probe's Linear (BN folded: LRP treats it as identity,
-    # gradients see its scale): build the reference from a 2-block copy with an identity norm
+    # the same two blocks as a ViT whose head is the probe's Linear with the (fresh: mean 0, var 1, so identity up
+    # to eps) BatchNorm folded in: the reference is a 2-block copy with an identity final norm
     short = _tiny_timm(token)
     short.blocks = torch.nn.ModuleList(list(short.blocks)[:2])
     bn = probe.norm
