@@ -178,15 +178,36 @@ def markdown(results: Mapping[str, Any], ranks: Mapping[str, Mapping[str, float]
     return "".join(parts)
 
 
+def reuse(name: str, methods: Sequence[str], args: Any) -> dict[str, Any]:
+    """Model `name`'s scores from the faithfulness.json already in --out-dir (--reuse-results)."""
+    path = Path(args.out_dir) / f"{NAME}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"--reuse-results needs {path}; run the experiment without it first")
+    stored = json.loads(path.read_text())
+    if name not in stored.get("models", {}) or stored.get("n_images") != args.n_images:
+        raise ValueError(f"{path} has no results of model {name!r} with n = {args.n_images}")
+    return stored["models"][name]
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run every metric for every model and write the results files; returns the JSON data."""
+    """Run every metric for every model and write the results files; returns the JSON data.
+
+    ``--reuse-results`` (first argument) rebuilds the tables, ranks, flags and plot from the stored JSON,
+    e.g. after sanity_checks.py has (re)written its flags.
+    """
     clock = rc.Stopwatch()
-    args, methods, results = rc.run_models(__doc__, DEFAULT_N_IMAGES, argv, evaluate)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    score = evaluate
+    if argv[:1] == ["--reuse-results"]:
+        argv, score = argv[1:], reuse
+    args, methods, results = rc.run_models(__doc__, DEFAULT_N_IMAGES, argv, score)
     means = {n: {m: {k: v["mean"] for k, v in r["methods"][m].items()} for m in methods} for n, r in results.items()}
     ranks = rc.rank_table(means, METRICS, methods)
     fails = flagged(args.out_dir)
     data = {"experiment": NAME, "n_images": args.n_images, "fractions": list(FRACTIONS), "higher_is_better": METRICS,
-            "models": results, "mean_rank": ranks, "failing_randomisation": fails, "time": clock.read()}
+            "models": results, "mean_rank": ranks, "failing_randomisation": fails,
+            "time": clock.read() if score is evaluate else
+            json.loads((Path(args.out_dir) / f"{NAME}.json").read_text()).get("time")}
     harness.write_results(NAME, markdown(results, ranks, methods, fails, args), data, args,
                           figures={"ranks": figure(ranks, methods)})
     return data

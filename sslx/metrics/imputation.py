@@ -40,7 +40,7 @@ def _solve_direct(images: Tensor, removed: Tensor) -> Tensor:
     index[flat] = np.arange(flat.size)
     b_id, rest = np.divmod(flat, height * width)
     row, col = np.divmod(rest, width)
-    values = images.permute(0, 2, 3, 1).reshape(-1, images.shape[1]).double().numpy()
+    values = images.detach().permute(0, 2, 3, 1).reshape(-1, images.shape[1]).double().numpy()
     diag = np.zeros(flat.size)
     rhs = np.zeros((flat.size, images.shape[1]))
     rows, cols, entries = [], [], []
