@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -92,16 +93,20 @@ def figure(results: Mapping[str, Any], methods: Sequence[str]) -> Figure:
     fig = Figure(figsize=(4.2 * len(results), 3.8), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(results), squeeze=False)[0]
+    colours = matplotlib.colormaps["tab20"].colors[::2] + matplotlib.colormaps["tab20"].colors[1::2]
+    lowest = min((s["mean"] for res in results.values() for method in methods
+                  for s in res["methods"][method]["spearman_abs"] if s["mean"] is not None), default=0.0)
     for ax, (name, res) in zip(axes, results.items()):
-        for method in methods:
+        for i, method in enumerate(methods):  # a colour and a marker per method, the same in every panel
             ys = [s["mean"] for s in res["methods"][method]["spearman_abs"]]
-            ax.plot(range(len(ys)), ys, marker="o", markersize=3, label=rc.LABELS.get(method, method))
+            ax.plot(range(len(ys)), ys, marker="osD^v<>ph*X"[i % 11], markersize=4, color=colours[i % len(colours)],
+                    label=rc.LABELS.get(method, method))
         ax.axhline(FLAG_THRESHOLD, color="grey", linestyle=":", linewidth=1)
         ax.set_xticks(range(len(res["steps"])), res["steps"], rotation=35, ha="right", fontsize=7)
         ax.set_title(name)
-        ax.set_ylim(-0.2, 1.05)
+        ax.set_ylim(min(-0.2, lowest - 0.05), 1.05)  # every value visible
         ax.set_ylabel("Spearman ρ of |maps| vs original")
-    axes[-1].legend(fontsize=7, loc="upper right")
+    fig.legend(*axes[-1].get_legend_handles_labels(), fontsize=7, loc="outside right center")
     return fig
 
 
