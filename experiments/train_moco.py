@@ -119,9 +119,9 @@ def main() -> None:
     p.add_argument("--queue", type=int, default=1024)
     p.add_argument("--momentum", type=float, default=0.99)
     p.add_argument("--temperature", type=float, default=0.2)
-    p.add_argument("--objective", choices=OBJECTIVES, default="simclr",
-                   help="moco: InfoNCE against the queue (the 17-epoch run learnt nothing: kNN-20 12%%, chance 8%%); "
-                        "simclr: NT-Xent between the views, the MoCo key encoder kept as an EMA (queue left random)")
+    p.add_argument("--objective", choices=OBJECTIVES, default="moco",
+                   help="moco (the committed asset): InfoNCE against the queue; simclr: NT-Xent between the two "
+                        "views, the key encoder kept as an EMA and the queue left random (not run to the end yet)")
     add_run_options(p, lr=2e-3, weight_decay=0.01, out=str(ASSETS / "moco.pth"), probe=True)
     args = p.parse_args()
     setup(args.seed, args.threads)
