@@ -21,7 +21,9 @@ from torch import Tensor, nn
 
 from train_common import (ASSETS, Clock, OneCycleModule, add_run_options, file_mb, load_split, load_views,
                           make_trainer, predict, setup, tensor_loader, to_input, write_report)
-from train_scan import random_view, resnet_backbone, two_renderings
+from train_scan import nt_xent, random_view, resnet_backbone, two_renderings
+
+OBJECTIVES = ("moco", "simclr")
 
 
 class MoCoModule(OneCycleModule):
@@ -29,7 +31,7 @@ class MoCoModule(OneCycleModule):
 
     def __init__(self, widths: tuple[int, ...], stem_width: int, proj: int, queue: int, momentum: float,
                  temperature: float, lr: float, weight_decay: float, total_steps: int, low_res_epochs: int,
-                 same_prob: float) -> None:
+                 same_prob: float, objective: str = "moco") -> None:
         super().__init__(lr, weight_decay, total_steps, optimizer="adamw")
         self.encoder_q = resnet_backbone(widths, stem_width)
         dim = 4 * widths[-1]
@@ -41,6 +43,9 @@ class MoCoModule(OneCycleModule):
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
         self.momentum, self.temperature = momentum, temperature
         self.low_res_epochs, self.same_prob = low_res_epochs, same_prob
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        self.objective = objective
 
     def configure_optimizers(self):  # only the query encoder is trained by gradient
         encoder_k = self.encoder_k
@@ -70,6 +75,12 @@ class MoCoModule(OneCycleModule):
         xq, xk = random_view(a), random_view(b)
         if self.current_epoch < self.low_res_epochs:
             xq, xk = F.avg_pool2d(xq, 2), F.avg_pool2d(xk, 2)
+        if self.objective == "simclr":  # NT-Xent between the two views; the key encoder only follows (EMA)
+            z1, z2 = self.encoder_q(torch.cat([xq, xk])).chunk(2)
+            loss = nt_xent(z1, z2, self.temperature)
+            self._momentum_update()
+            self.log("simclr_loss", loss, on_step=False, on_epoch=True)
+            return loss
         q = F.normalize(self.encoder_q(xq), dim=1)
         with torch.no_grad():
             self._momentum_update()
@@ -108,6 +119,9 @@ def main() -> None:
     p.add_argument("--queue", type=int, default=1024)
     p.add_argument("--momentum", type=float, default=0.99)
     p.add_argument("--temperature", type=float, default=0.2)
+    p.add_argument("--objective", choices=OBJECTIVES, default="moco",
+                   help="moco (the committed asset): InfoNCE against the queue; simclr: NT-Xent between the two "
+                        "views, the key encoder kept as an EMA and the queue left random (not run to the end yet)")
     add_run_options(p, lr=2e-3, weight_decay=0.01, out=str(ASSETS / "moco.pth"), probe=True)
     args = p.parse_args()
     setup(args.seed, args.threads)
@@ -118,7 +132,8 @@ def main() -> None:
     views = torch.cat([train.images.unsqueeze(1), load_views("train", args.train_size, args.views, seed=args.seed)], 1)
     loader = tensor_loader(views, batch_size=args.batch_size, seed=args.seed)
     module = MoCoModule(tuple(args.widths), args.stem_width, args.proj, args.queue, args.momentum, args.temperature,
-                        args.lr, args.weight_decay, args.epochs * len(loader), args.low_res_epochs, args.same_prob)
+                        args.lr, args.weight_decay, args.epochs * len(loader), args.low_res_epochs, args.same_prob,
+                        args.objective)
     clock = Clock()
     make_trainer(args.epochs, args.max_minutes, stop_after_epochs=args.stop_after_epochs).fit(module, loader)
     train_s, train_cpu_s = clock.seconds()
@@ -140,7 +155,7 @@ def main() -> None:
     knn = knn_accuracy(predict(model.features, probe_train.images), probe_train.labels,
                        predict(model.features, test.images), test.labels)
     report = {"train_seconds": train_s, "train_cpu_seconds": train_cpu_s, "epochs": args.epochs,
-              "train_size": args.train_size, "knn20_test_acc": knn, "threads": args.threads,
+              "train_size": args.train_size, "knn20_test_acc": knn, "objective": args.objective, "threads": args.threads,
               "params": sum(p.numel() for p in model.parameters()), "checkpoint_mb": file_mb(args.out)}
     report.update(probe_model(model, args.probe_train_size, seed=args.seed))
     write_report("moco", report)

