@@ -3,6 +3,7 @@
 Usage:
   python benchmarks/agf_speed.py [--models resnet50,vgg19,alexnet] [--batches 1,8] [--rounds 3]
                                  [--threads 2] [--device cpu|cuda] [--reference PATH] [--no-memory]
+                                 [--malloc default|keep]
 
 Both timings come from the same run, interleaved round by round (AGF, then forward+backward), so load
 changes hit both alike; the ratio is the median of the per-round ratios. Memory is the peak above the
@@ -11,6 +12,10 @@ CUDA. `--reference PATH` times the authors' implementation (a checkout of github
 VGG-19 and ResNet-50 only) in the same run, at the batch sizes of `--reference-batches` (default 1);
 otherwise (and for AlexNet) the authors' column shows the CPU batch-1 numbers of
 ../shared/golden/timing_cpu.json. "faster" = authors' ratio / ours (target >= 3x).
+`--malloc keep` reruns the benchmark under glibc tunables that stop malloc from returning freed memory to
+the system (MALLOC_KEEP below): AGF allocates many short-lived activation-sized buffers, and with glibc's
+defaults each one trimmed and re-allocated costs page faults (the reason PyTorch's CPU performance guides
+recommend jemalloc or tcmalloc). Both sides of every ratio run under the same allocator settings.
 Default batches: ResNet-50 1,8; VGG-19 1,4; AlexNet 1,8.
 """
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -38,6 +44,7 @@ PER_IMAGE_SLACK = 1.05  # "per-image time never worse at a larger batch", allowi
 TIMING_FILE = ROOT.parent / "shared" / "golden" / "timing_cpu.json"
 # timing_cpu.json as recorded (CPU, float32, batch 1, 2 threads), for checkouts without ../shared.
 RECORDED_AUTHORS_RATIO = {"alexnet": 9.5, "resnet50": 11.57, "vgg19": 8.89}
+MALLOC_KEEP = "glibc.malloc.trim_threshold=4294967296:glibc.malloc.mmap_threshold=33554432"
 REFERENCE_BUILDERS = {"vgg19": ("modules.vgg", "vgg19"), "resnet50": ("modules.resnet", "resnet50")}
 
 if str(ROOT) not in sys.path:
@@ -273,6 +280,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reference-batches", default="1",
                         help="batch sizes at which the authors' code is timed (default 1; 'all' for every batch)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
+    parser.add_argument("--malloc", choices=("default", "keep"), default="default",
+                        help="'keep': rerun under glibc tunables that keep freed memory (no trimming)")
     parser.add_argument("--measure-memory", default=None, help=argparse.SUPPRESS)  # internal: one measurement
     return parser.parse_args(argv)
 
@@ -280,6 +289,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Print the table and whether every target is met; exit status 0 either way (a report, not a test)."""
     args = parse_args(argv)
+    if args.malloc == "keep" and os.environ.get("GLIBC_TUNABLES") != MALLOC_KEEP:
+        env = dict(os.environ, GLIBC_TUNABLES=MALLOC_KEEP)  # read by glibc at start-up only: re-execute
+        os.execve(sys.executable, [sys.executable, __file__, *(sys.argv[1:] if argv is None else argv)], env)
     args.reference_batches = (range(1, 1 << 30) if args.reference_batches == "all"
                               else {int(b) for b in args.reference_batches.split(",")})
     torch.set_num_threads(args.threads)
@@ -291,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--device cuda: torch.cuda.is_available() is False on this machine")
     authors, source = recorded_authors_ratios()
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
-    print(f"torch {torch.__version__}, {where}, float32, {args.size}x{args.size}, median of {args.rounds} "
+    allocator = f"GLIBC_TUNABLES={os.environ['GLIBC_TUNABLES']}" if os.environ.get("GLIBC_TUNABLES") else "default malloc"
+    print(f"torch {torch.__version__}, {where}, {allocator}, float32, {args.size}x{args.size}, median of {args.rounds} "
           f"interleaved rounds; targets: ratio per model, memory <= {MEMORY_TARGET}x, per-image time not worse "
           f"at a larger batch (5 % slack)")
     if args.reference:
