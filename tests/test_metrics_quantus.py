@@ -10,12 +10,21 @@ import quantus
 from sslx.explain_api import METHODS
 from sslx.metrics import pointing_game, relevance_mass, relevance_rank_accuracy
 from sslx.metrics.quantus_adapter import quantus_explain_func
+from sslx.models.vit import VisionTransformer
 
 
 def tiny_cnn() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+
+
+VIT_METHODS = ("attention_rollout", "generic_attention", "transformer_attribution")
+
+
+def tiny_vit() -> nn.Module:
+    torch.manual_seed(0)
+    return VisionTransformer(img_size=8, patch_size=4, num_classes=3, embed_dim=16, depth=2, num_heads=2).eval()
 
 
 def inputs() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -43,7 +52,7 @@ def test_localisation_matches_quantus(ours, theirs):
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_is_a_quantus_explain_func(method):
-    model = tiny_cnn()
+    model = tiny_vit() if method in VIT_METHODS else tiny_cnn()
     x, y, _, _ = inputs()
     options = {"layer": "2"} if method == "gradcam" else {}
     func = quantus_explain_func(method, **options)
