@@ -227,7 +227,8 @@ def record_vit(model: nn.Module, x: Tensor) -> ViTRun:
 
 def attention_gradients(run: ViTRun, target: Tensor) -> None:
     """Fill each block's `grad` with ∂(Σ_b output[b, target_b]) / ∂ attn (images are independent)."""
-    score = run.output.gather(1, target[:, None]).sum()
+    with torch.enable_grad():  # the caller may be inside torch.no_grad()
+        score = run.output.gather(1, target[:, None]).sum()
     grads = torch.autograd.grad(score, [r.attn for r in run.blocks], allow_unused=True)
     for rec, grad in zip(run.blocks, grads):
         rec.grad = torch.zeros_like(rec.attn) if grad is None else grad
