@@ -5,8 +5,11 @@
 MoCo v2 (He et al. 2020; Chen et al. 2020): query encoder (small ResNet + 2-layer MLP projector), key
 encoder updated as an exponential moving average, InfoNCE of each query against its key and a queue of
 past keys. A positive pair is two renderings of one scene's objects (as in train_scan.py), each
-colour-jittered, mirrored and cropped; labels are never read. Single process: no shuffled BN (the
-batch-statistics leak it prevents is weak at batch 64; noted, not measured). The file is
+colour-jittered, mirrored and cropped; labels are never read. The defaults reproduce the
+committed asset, whose queue-only InfoNCE loss rises towards log(queue + 1) (feature collapse, notes/issue-15b.md).
+`--key-splits N` (shuffled BN in one process: keys encoded in N shuffled groups, so a query and its key never
+share BatchNorm statistics) and `--batch-negatives` (the batch's other keys are negatives besides the queue)
+were tried against it and did not stop the rise on a 12-epoch run. The file is
 {'epoch','arch','state_dict','optimizer'} with keys module.encoder_q.* / module.encoder_k.* / module.queue,
 exactly the layout facebookresearch/moco writes, so `ssl_models.load` reads it like a published file.
 """
@@ -31,7 +34,8 @@ class MoCoModule(OneCycleModule):
 
     def __init__(self, widths: tuple[int, ...], stem_width: int, proj: int, queue: int, momentum: float,
                  temperature: float, lr: float, weight_decay: float, total_steps: int, low_res_epochs: int,
-                 same_prob: float, objective: str = "moco") -> None:
+                 same_prob: float, objective: str = "moco", key_splits: int = 1,
+                 batch_negatives: bool = False) -> None:
         super().__init__(lr, weight_decay, total_steps, optimizer="adamw")
         self.encoder_q = resnet_backbone(widths, stem_width)
         dim = 4 * widths[-1]
@@ -46,6 +50,9 @@ class MoCoModule(OneCycleModule):
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         self.objective = objective
+        if key_splits < 1:
+            raise ValueError(f"key_splits must be >= 1, got {key_splits}")
+        self.key_splits, self.batch_negatives = key_splits, batch_negatives
 
     def configure_optimizers(self):  # only the query encoder is trained by gradient
         encoder_k = self.encoder_k
@@ -70,6 +77,13 @@ class MoCoModule(OneCycleModule):
         self.queue[:, ptr:ptr + size] = keys.T
         self.queue_ptr[0] = (ptr + size) % self.queue.shape[1]
 
+    def _split_forward(self, encoder: nn.Module, x: Tensor, order: Tensor) -> Tensor:
+        """encoder(x) with BatchNorm statistics taken over `key_splits` groups of the rows in `order`."""
+        if x.shape[0] % self.key_splits:
+            raise ValueError(f"batch size {x.shape[0]} must be a multiple of key_splits {self.key_splits}")
+        out = torch.cat([encoder(chunk) for chunk in x[order].chunk(self.key_splits)])
+        return out[order.argsort()]
+
     def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
         a, b = two_renderings(batch[0], self.same_prob)
         xq, xk = random_view(a), random_view(b)
@@ -81,14 +95,21 @@ class MoCoModule(OneCycleModule):
             self._momentum_update()
             self.log("simclr_loss", loss, on_step=False, on_epoch=True)
             return loss
-        q = F.normalize(self.encoder_q(xq), dim=1)
+        # Shuffled BN (MoCo's fix, single process): a query and its key see BatchNorm statistics of different
+        # groups, so the positive cannot be told from the queue by the batch statistics it shares with the query.
+        n = xq.shape[0]
+        q = F.normalize(self._split_forward(self.encoder_q, xq, torch.arange(n)), dim=1)
         with torch.no_grad():
             self._momentum_update()
-            k = F.normalize(self.encoder_k(xk), dim=1)
-        positive = (q * k).sum(1, keepdim=True)
-        negative = q @ self.queue.clone().detach()
-        logits = torch.cat([positive, negative], 1) / self.temperature
-        loss = F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
+            k = F.normalize(self._split_forward(self.encoder_k, xk, torch.randperm(n)), dim=1)
+        if self.batch_negatives:  # the other keys of this batch are negatives too (positive = the diagonal)
+            logits = torch.cat([q @ k.T, q @ self.queue.clone().detach()], 1) / self.temperature
+            target = torch.arange(len(q), device=q.device)
+        else:
+            positive = (q * k).sum(1, keepdim=True)
+            logits = torch.cat([positive, q @ self.queue.clone().detach()], 1) / self.temperature
+            target = torch.zeros(len(q), dtype=torch.long, device=q.device)
+        loss = F.cross_entropy(logits, target)
         self._enqueue(k)
         self.log("moco_loss", loss, on_step=False, on_epoch=True)
         return loss
@@ -122,6 +143,10 @@ def main() -> None:
     p.add_argument("--objective", choices=OBJECTIVES, default="moco",
                    help="moco (the committed asset): InfoNCE against the queue; simclr: NT-Xent between the two "
                         "views, the key encoder kept as an EMA and the queue left random (not run to the end yet)")
+    p.add_argument("--key-splits", type=int, default=1,
+                   help="shuffled BN: keys are encoded in this many shuffled groups, queries in as many ordered ones")
+    p.add_argument("--batch-negatives", action=argparse.BooleanOptionalAction, default=False,
+                   help="the other keys of the batch are negatives besides the queue")
     add_run_options(p, lr=2e-3, weight_decay=0.01, out=str(ASSETS / "moco.pth"), probe=True)
     args = p.parse_args()
     setup(args.seed, args.threads)
@@ -133,7 +158,7 @@ def main() -> None:
     loader = tensor_loader(views, batch_size=args.batch_size, seed=args.seed)
     module = MoCoModule(tuple(args.widths), args.stem_width, args.proj, args.queue, args.momentum, args.temperature,
                         args.lr, args.weight_decay, args.epochs * len(loader), args.low_res_epochs, args.same_prob,
-                        args.objective)
+                        args.objective, args.key_splits, args.batch_negatives)
     clock = Clock()
     make_trainer(args.epochs, args.max_minutes, stop_after_epochs=args.stop_after_epochs).fit(module, loader)
     train_s, train_cpu_s = clock.seconds()
@@ -156,6 +181,8 @@ def main() -> None:
                        predict(model.features, test.images), test.labels)
     report = {"train_seconds": train_s, "train_cpu_seconds": train_cpu_s, "epochs": args.epochs,
               "train_size": args.train_size, "knn20_test_acc": knn, "objective": args.objective, "threads": args.threads,
+              "lr": args.lr, "momentum": args.momentum, "key_splits": args.key_splits,
+              "batch_negatives": args.batch_negatives, "low_res_epochs": args.low_res_epochs,
               "params": sum(p.numel() for p in model.parameters()), "checkpoint_mb": file_mb(args.out)}
     report.update(probe_model(model, args.probe_train_size, seed=args.seed))
     write_report("moco", report)
