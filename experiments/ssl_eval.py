@@ -38,10 +38,10 @@ from sslx.metrics import perturbation_correct  # noqa: E402
 from sslx.models import SmallResNet, SmallVGG  # noqa: E402
 from sslx.neighbors import FeatureIndex, model_fingerprint  # noqa: E402
 
-SSL_NAMES = ("sela", "scan", "rotnet", "dino_vit")  # dino_vit: explain with the transformer methods
+SSL_NAMES = ("sela", "scan", "rotnet")
 SUPERVISED_NAMES = ("vgg", "resnet")
 DISPLAY = {"vgg": "Supervised (VGG)", "resnet": "Supervised (ResNet)", "sela": "SeLa", "scan": "SCAN",
-           "rotnet": "RotNet", "dino_vit": "DINO (tiny ViT)"}
+           "rotnet": "RotNet"}
 MODES = ("delta", "sum", "none")
 MODE_LABELS = {"delta": "Δ", "sum": "Σ", "none": "w/o"}
 METRIC, FACTORY, K = "l2", "Flat", 1

@@ -11,7 +11,6 @@ from torch import nn
 SUPERVISED = ("vgg", "resnet")
 TRANSFORMERS = ("vit",)  # supervised too, kept apart: AGF does not walk attention
 SELF_SUPERVISED = ("rotnet", "sela", "scan")
-SSL_TRANSFORMERS = ("dino_vit",)  # DINO full-checkpoint layout, read by ssl_models.load
 EMBEDDED = SUPERVISED + SELF_SUPERVISED
 SUPERVISED_KEYS = frozenset({"arch", "config", "state_dict", "classes", "metrics"})
 
@@ -25,9 +24,8 @@ def assets_dir() -> Path:
 
 def asset_path(name: str) -> Path:
     """Checkpoint path of the embedded model `name` (which may not exist yet)."""
-    valid = EMBEDDED + TRANSFORMERS + SSL_TRANSFORMERS
-    if name not in valid:
-        raise ValueError(f"unknown embedded model {name!r}; valid names are {valid}")
+    if name not in EMBEDDED + TRANSFORMERS:
+        raise ValueError(f"unknown embedded model {name!r}; valid names are {EMBEDDED + TRANSFORMERS}")
     return assets_dir() / (f"supervised_{name}.pth" if name in SUPERVISED + TRANSFORMERS else f"{name}.pth")
 
 
@@ -41,8 +39,7 @@ def training_command(name: str) -> str:
 
 
 def load_embedded(name: str) -> nn.Module:
-    """The embedded model `name` in eval mode: "vgg", "resnet", "vit" (supervised, 12 scene classes), "rotnet", "sela",
-    "scan", "dino_vit" (self-supervised tiny ViT)."""
+    """The embedded model `name` in eval mode: "vgg", "resnet", "vit" (supervised, 12 scene classes), "rotnet", "sela", "scan"."""
     path = asset_path(name)
     if not path.is_file():
         raise FileNotFoundError(f"embedded model asset {path} is missing; create it with `{training_command(name)}`")

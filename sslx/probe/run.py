@@ -129,10 +129,7 @@ def load_model(spec: str, kind: str | None = None, *, vit_token: str = "cls") ->
     if spec in EMBEDDED_NAMES:
         if kind is not None and kind != spec:
             raise ValueError(f"--kind {kind!r} contradicts the embedded model {spec!r}")
-        model = ssl_models.embedded(spec)
-        if model.info.get("kind") == "dino_vit":
-            return ViTLayers(model.backbone.vit, model.preprocess, vit_token, model.info)
-        return model
+        return ssl_models.embedded(spec)
     if kind is not None and kind not in ssl_models.KINDS:
         raise ValueError(f"unknown --kind {kind!r}; valid: {', '.join(ssl_models.KINDS)}")
     path = Path(spec)
