@@ -201,13 +201,13 @@ def main() -> None:
             pair = views[idx[:, None], pick]  # B×2×3×H×W: two renderings of each scene
             src = torch.cat([color_augment(pair[:, 0]), color_augment(pair[:, 1])])
             globals_ = random_resized_crops(src, TINY_VIT["img_size"], tuple(args.global_scale), gen)
-            locals_ = random_resized_crops(src[torch.randint(0, 2 * len(idx), (args.local_crops * len(idx),),
+            locals_ = None if not args.local_crops else random_resized_crops(src[torch.randint(0, 2 * len(idx), (args.local_crops * len(idx),),
                                                              generator=gen)], args.local_size, tuple(args.local_scale), gen)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
             with torch.no_grad():
                 t_out = teacher(globals_)
-            s_out = torch.cat([student(globals_), student(locals_)])
+            s_out = student(globals_) if locals_ is None else torch.cat([student(globals_), student(locals_)])
             loss = dino_loss(s_out, t_out, center, 2, n_crops, args.student_temp, t_temp)
             if not torch.isfinite(loss):
                 sys.exit(f"loss is {float(loss)} at step {step}")
