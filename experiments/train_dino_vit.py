@@ -36,7 +36,7 @@ from train_moco import knn_accuracy
 
 
 class DINOHead(nn.Module):
-    """DINO's projection head: MLP (GELU) → bottleneck → L2 normalisation → weight-normalised last layer (g = 1)."""
+    """DINO's projection head: MLP (GELU) → bottleneck → L2 normalisation → weight-normed last layer (g = 1)."""
 
     def __init__(self, in_dim: int, out_dim: int, hidden: int, bottleneck: int):
         super().__init__()
@@ -201,8 +201,10 @@ def main() -> None:
             pair = views[idx[:, None], pick]  # B×2×3×H×W: two renderings of each scene
             src = torch.cat([color_augment(pair[:, 0]), color_augment(pair[:, 1])])
             globals_ = random_resized_crops(src, TINY_VIT["img_size"], tuple(args.global_scale), gen)
-            locals_ = None if not args.local_crops else random_resized_crops(src[torch.randint(0, 2 * len(idx), (args.local_crops * len(idx),),
-                                                             generator=gen)], args.local_size, tuple(args.local_scale), gen)
+            locals_ = None
+            if args.local_crops:
+                sources = src[torch.randint(0, 2 * len(idx), (args.local_crops * len(idx),), generator=gen)]
+                locals_ = random_resized_crops(sources, args.local_size, tuple(args.local_scale), gen)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
             with torch.no_grad():

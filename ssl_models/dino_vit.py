@@ -132,7 +132,7 @@ def build(raw: RawCheckpoint, variant: str | None = None) -> SSLModel:
 
 
 def _stored_architecture(args: object, dim: int) -> tuple[int, str]:
-    """(num_heads, pooling): DINO's rule (64-d heads, CLS token) unless the stored `args` name them (sslx's tiny DINO)."""
+    """(num_heads, pooling): DINO's rule (64-d heads, CLS token) unless the stored `args` name them (sslx's DINO)."""
     num_heads = getattr(args, "num_heads", None)
     pool = getattr(args, "token_pooling", "cls")
     if num_heads is None:
