@@ -75,15 +75,15 @@ def build(raw: RawCheckpoint, variant: str | None = None) -> SSLModel:
     pos = require(state, "pos_embed", 3, "position embedding")
     patch = require(state, "patch_embed.proj.weight", 4, "patch embedding")
     dim, patch_size = int(cls.shape[-1]), int(patch.shape[-1])
-    if dim % HEAD_DIM:
-        raise CheckpointError(f"embedding width {dim} is not a multiple of DINO's {HEAD_DIM}-d heads")
     grid = round((pos.shape[1] - 1) ** 0.5)
     if grid * grid != pos.shape[1] - 1:
         raise CheckpointError(f"pos_embed holds {pos.shape[1]} tokens, not 1 + a square patch grid")
     depth = require_contiguous(child_indices(state, "blocks."), "transformer blocks (blocks.N.*)")
     hidden = int(require(state, "blocks.0.mlp.fc1.weight", 2, "MLP fc1").shape[0])
+    num_heads, pool = _stored_architecture(raw.meta.get("args"), dim)
     config = {"img_size": grid * patch_size, "patch_size": patch_size, "embed_dim": dim, "depth": depth,
-              "num_heads": dim // HEAD_DIM, "mlp_ratio": hidden / dim, "qkv_bias": "blocks.0.attn.qkv.bias" in state}
+              "num_heads": num_heads, "mlp_ratio": hidden / dim, "qkv_bias": "blocks.0.attn.qkv.bias" in state,
+              "pool": pool}
     head_layers = _head_layers(state)
     with torch.device("meta"):
         vit = VisionTransformer(**config)
@@ -129,6 +129,21 @@ def build(raw: RawCheckpoint, variant: str | None = None) -> SSLModel:
                      fixed_input_size=config["img_size"])
     load_strict(model, state, KeyMap(rules), raw.notes)
     return model
+
+
+def _stored_architecture(args: object, dim: int) -> tuple[int, str]:
+    """(num_heads, pooling): DINO's rule (64-d heads, CLS token) unless the stored `args` name them (sslx's DINO)."""
+    num_heads = getattr(args, "num_heads", None)
+    pool = getattr(args, "token_pooling", "cls")
+    if num_heads is None:
+        if dim % HEAD_DIM:
+            raise CheckpointError(f"embedding width {dim} is not a multiple of DINO's {HEAD_DIM}-d heads")
+        num_heads = dim // HEAD_DIM
+    if not isinstance(num_heads, int) or isinstance(num_heads, bool) or num_heads <= 0 or dim % num_heads:
+        raise CheckpointError(f"stored args.num_heads={num_heads!r} does not divide the embedding width {dim}")
+    if pool not in ("cls", "mean"):
+        raise CheckpointError(f"stored args.token_pooling={pool!r}, expected 'cls' or 'mean'")
+    return num_heads, pool
 
 
 def _sequential(parts: list[tuple[str, nn.Module]]) -> nn.Sequential:

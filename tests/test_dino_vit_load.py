@@ -113,3 +113,59 @@ def test_parametrized_weight_norm_keys(tmp_path) -> None:
     x = _x(2)
     with torch.no_grad():
         assert torch.allclose(model(x), net(x), atol=1e-6, rtol=0)
+
+
+def _dino_training_module():
+    """experiments/train_dino_vit.py (the tiny DINO trainer) imported by path."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "experiments"
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location("train_dino_vit", folder / "train_dino_vit.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _sslx_dino_checkpoint(path, num_heads=4, token_pooling="mean"):
+    """A full checkpoint in train_dino_vit's layout (64-d mean-pooled tiny ViT, 4 heads) and its teacher."""
+    import argparse
+
+    from sslx.models.vit import VisionTransformer
+
+    mod = _dino_training_module()
+    torch.manual_seed(3)
+    vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, mlp_ratio=2.0, pool="mean")
+    teacher = mod.DINONet(vit, mod.DINOHead(64, 12, 32, 16)).double().eval()
+    with torch.no_grad():
+        teacher.head.last_layer.parametrizations.weight.original0.mul_(1.5)  # g ≠ 1 checks g·v/‖v‖
+    state = {k: v.clone() for k, v in teacher.state_dict().items()}
+    args = argparse.Namespace(arch="sslx_tiny_vit", num_heads=num_heads, token_pooling=token_pooling)
+    ssl_models.save_checkpoint({"teacher": state, "student": {f"module.{k}": v for k, v in state.items()},
+                                "epoch": 1, "args": args, "dino_loss": {"center": torch.zeros(1, 12)}}, path)
+    return teacher
+
+
+def test_stored_args_select_heads_and_mean_pooling(tmp_path) -> None:
+    """train_dino_vit's checkpoints name num_heads and token_pooling in `args`; the loaded teacher matches to 1e-6."""
+    teacher = _sslx_dino_checkpoint(tmp_path / "tiny.pth")
+    model = ssl_models.load(tmp_path / "tiny.pth").double()
+    assert model.info["config"]["num_heads"] == 4 and model.backbone.vit.token_pooling == "mean"
+    x = _x()
+    with torch.no_grad():
+        assert torch.allclose(model(x), teacher(x), atol=1e-6, rtol=0)
+        assert torch.allclose(model.backbone.vit(x), teacher.features(x), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("heads, pool, message", [
+    (3, "mean", r"args.num_heads=3 does not divide the embedding width 64"),
+    (0, "mean", r"args.num_heads=0 does not divide"),
+    (4, "max", r"args.token_pooling='max', expected 'cls' or 'mean'"),
+])
+def test_stored_args_that_contradict_the_weights_are_refused(tmp_path, heads, pool, message) -> None:
+    _sslx_dino_checkpoint(tmp_path / "bad.pth", num_heads=heads, token_pooling=pool)
+    with pytest.raises(CheckpointError, match=message):
+        ssl_models.load(tmp_path / "bad.pth")
