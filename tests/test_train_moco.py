@@ -1,5 +1,5 @@
 """experiments/train_moco.py's shuffled-BN forward and in-batch-negative InfoNCE (the options tried against the
-MoCo collapse, notes/issue-15b.md)."""
+MoCo collapse, docs/dev-notes/issue-15b.md)."""
 from __future__ import annotations
 
 import importlib
