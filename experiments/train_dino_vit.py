@@ -14,7 +14,8 @@ softmax, entropy of its batch-mean (collapse to one cluster → 0; to uniform �
 number of distinct arg-max clusters, and kNN-20 accuracy of the backbone features. The run stops (exit code 2)
 if the teacher collapses. The saved file loads with `ssl_models.load(path)` (kind "dino_vit", the teacher).
 
-Status (docs/dev-notes/issue-17b.md): on 2 shared CPU cores (≤ 4 epochs of 60–70 steps in 15 min) every variant tried —
+Status (docs/dev-notes/issue-17b.md): on 2 shared CPU cores (≤ 4 epochs of 60–70 steps in 15 min) every variant
+tried —
 this recipe, lr 1e-3, gentler crops, teacher temperature 0.02, one rendering per scene — drifted towards the
 uniform collapse with kNN-20 at chance (8–11 %); no asset is shipped. Logs: experiments/results/vit/dino_vit_*.log.
 """

@@ -6,7 +6,8 @@ MoCo v2 (He et al. 2020; Chen et al. 2020): query encoder (small ResNet + 2-laye
 encoder updated as an exponential moving average, InfoNCE of each query against its key and a queue of
 past keys. A positive pair is two renderings of one scene's objects (as in train_scan.py), each
 colour-jittered, mirrored and cropped; labels are never read. The defaults reproduce the
-committed asset, whose queue-only InfoNCE loss rises towards log(queue + 1) (feature collapse, docs/dev-notes/issue-15b.md).
+committed asset, whose queue-only InfoNCE loss rises towards log(queue + 1) (feature collapse,
+docs/dev-notes/issue-15b.md).
 `--key-splits N` (shuffled BN in one process: keys encoded in N shuffled groups, so a query and its key never
 share BatchNorm statistics) and `--batch-negatives` (the batch's other keys are negatives besides the queue)
 were tried against it and did not stop the rise on a 12-epoch run. The file is
