@@ -6,6 +6,7 @@ import torchvision
 
 from sslx import AGF, explain
 from sslx.explain_api import METHODS
+from sslx.models.vit import VisionTransformer
 from sslx.attribution.agf_conv import factorization
 from sslx.attribution.graph import ModelGraph, UnsupportedOperationError
 from sslx.attribution.propagation import vjp
@@ -179,8 +180,12 @@ def test_bad_images(x, err, match):
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_wrong_channel_count_names_the_expected_count(method):
     gray = torch.zeros(1, 1, 64, 64, dtype=torch.float64)
-    with pytest.raises(ValueError, match=r"first layer 'conv1' expects 3.*expand\(-1, 3, -1, -1\)"):
-        METHODS[method](_model("resnet18")).attribute(gray, 0)
+    if method in ("attention_rollout", "generic_attention", "transformer_attribution"):
+        model, first = VisionTransformer(img_size=64, patch_size=16, num_classes=3).double().eval(), "patch_embed.proj"
+    else:
+        model, first = _model("resnet18"), "conv1"
+    with pytest.raises(ValueError, match=rf"first layer '{first}' expects 3.*expand\(-1, 3, -1, -1\)"):
+        METHODS[method](model).attribute(gray, 0)
 
 
 @pytest.mark.parametrize("target, err, match", [

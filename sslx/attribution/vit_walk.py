@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._validate import check_image_batch, check_model_matches
+from .._validate import check_input_channels, check_image_batch, check_model_matches
 
 
 @dataclass
@@ -191,8 +191,11 @@ def record_vit(model: nn.Module, x: Tensor) -> ViTRun:
     """Run `model` on `x` with gradients enabled and return every tensor the transformer methods need."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    check_image_batch(x)
+    check_image_batch(x, channels=None)
     check_model_matches(model, x)
+    patch = next(((name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    if patch is not None:  # the patch embedding (its absence is reported by _patch_stride)
+        check_input_channels(x, {patch[0]: patch[1].in_channels})
     _check_pooling(model)
     blocks, _ = find_blocks(model)
     stride = _patch_stride(model)
