@@ -295,3 +295,24 @@ def test_max_pool_vjp_equals_autograd_with_overlapping_windows(pool):
         expected = torch.autograd.grad(y, xg, c, retain_graph=True)[0]
         assert torch.equal(got, expected)
     assert fast[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(11, 4, 2), (7, 2, 3), (3, (2, 3), 1), ((1, 2), (3, 1), 0),
+                                                   (5, 3, 4), (2, 2, 0)])
+@pytest.mark.parametrize("size", [16, 33])
+def test_strided_adjoint_by_phases_equals_conv_backward(kernel, stride, padding, size):
+    from torch.nn.grad import conv2d_input
+
+    from sslx.attribution.convops import _phases_pay, conv_transpose
+
+    torch.manual_seed(0)
+    m = nn.Conv2d(6, 5, kernel, stride=stride, padding=padding, bias=False).double()
+    x = torch.randn(2, 6, size, size + 3, dtype=torch.float64)
+    g = torch.randn_like(m(x))
+    assert _phases_pay(m, m.weight)  # the sub-pixel path is the one under test
+    expected = conv2d_input(x.shape, m.weight, g, m.stride, m.padding)
+    got = conv_transpose(m, g, m.weight.detach(), x.shape)
+    assert got.shape == x.shape and got.is_contiguous()
+    assert torch.allclose(got, expected, rtol=0, atol=1e-12)
+    assert not _phases_pay(nn.Conv2d(64, 5, 3, stride=2), nn.Conv2d(64, 5, 3, stride=2).weight)  # many channels
+    assert not _phases_pay(nn.Conv2d(3, 5, 3, stride=1), nn.Conv2d(3, 5, 3).weight)  # stride 1: other paths
