@@ -314,5 +314,26 @@ def test_strided_adjoint_by_phases_equals_conv_backward(kernel, stride, padding,
     got = conv_transpose(m, g, m.weight.detach(), x.shape)
     assert got.shape == x.shape and got.is_contiguous()
     assert torch.allclose(got, expected, rtol=0, atol=1e-12)
-    assert not _phases_pay(nn.Conv2d(64, 5, 3, stride=2), nn.Conv2d(64, 5, 3, stride=2).weight)  # many channels
+    assert not _phases_pay(nn.Conv2d(10, 5, 3, stride=2), nn.Conv2d(10, 5, 3, stride=2).weight)  # 10 channels
     assert not _phases_pay(nn.Conv2d(3, 5, 3, stride=1), nn.Conv2d(3, 5, 3).weight)  # stride 1: other paths
+
+
+def test_masked_gradient_skips_the_extra_adjoint_only_when_masking_changes_nothing():
+    from torch.nn.grad import conv2d_input
+
+    from sslx.attribution.agf_conv import _masked_gradient
+
+    torch.manual_seed(0)
+    m = nn.Conv2d(3, 4, 3, padding=1).double()
+    w = m.weight.detach()
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    g, r = torch.randn(1, 4, 8, 8, dtype=torch.float64), torch.randn(1, 4, 8, 8, dtype=torch.float64)
+    g_in = conv2d_input(x.shape, w, g, 1, 1)
+    assert _masked_gradient(m, x, r, g, w, g_in) is g_in  # Φ nowhere 0
+    r[0, 0, 3, 3] = 0.0  # Φ = 0 where g is not: the masked gradient differs
+    got = _masked_gradient(m, x, r, g, w, g_in)
+    assert got is not g_in and torch.allclose(got, conv2d_input(x.shape, w, g * (r != 0), 1, 1), rtol=0, atol=1e-12)
+    g[0, 0, 3, 3] = 0.0  # ... and where g is 0 too: nothing to mask
+    assert _masked_gradient(m, x, r, g, w, g_in) is g_in
+    r[0, 0, 3, 3], r[0, 1, 0, 0], g[0, 1, 0, 0] = 1.0, 1e-200, 1e-200  # g·Φ underflows: the exact path, same numbers
+    assert torch.allclose(_masked_gradient(m, x, r, g, w, g_in), conv2d_input(x.shape, w, g, 1, 1), rtol=0, atol=1e-12)

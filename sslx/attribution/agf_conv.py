@@ -80,8 +80,11 @@ def conv_rule(step: Step, x: Tensor, r: Tensor, g: Tensor | None, opts: AGFOptio
 
 def _masked_gradient(m, x: Tensor, r: Tensor, g: Tensor, wg: Tensor, g_in: Tensor) -> Tensor:
     """The input gradient recomputed from g ⊙ 1[Φ ≠ 0]; usually g_in itself, as g is already 0 wherever Φ is."""
-    masked = nonzero(r).mul_(g)  # one buffer for the mask and the masked gradient
-    return g_in if torch.equal(masked, g) else conv_transpose(m, masked, wg, x.shape)
+    # g ⊙ 1[Φ≠0] = g iff no nonzero g meets Φ = 0: then g ⊙ Φ has as many nonzeros as g (an underflow to 0
+    # or a NaN only sends an image down the exact path). Three reads instead of building the masked tensor.
+    if int(torch.count_nonzero(g)) == int(torch.count_nonzero(torch.mul(g, r))):
+        return g_in
+    return conv_transpose(m, nonzero(r).mul_(g), wg, x.shape)
 
 
 def _guarded(z: Tensor) -> Tensor:
