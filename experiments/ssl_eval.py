@@ -38,10 +38,10 @@ from sslx.metrics import perturbation_correct  # noqa: E402
 from sslx.models import SmallResNet, SmallVGG  # noqa: E402
 from sslx.neighbors import FeatureIndex, model_fingerprint  # noqa: E402
 
-SSL_NAMES = ("sela", "scan", "rotnet")
+SSL_NAMES = ("sela", "scan", "rotnet", "dino_vit")
 SUPERVISED_NAMES = ("vgg", "resnet")
 DISPLAY = {"vgg": "Supervised (VGG)", "resnet": "Supervised (ResNet)", "sela": "SeLa", "scan": "SCAN",
-           "rotnet": "RotNet"}
+           "rotnet": "RotNet", "dino_vit": "DINO-ViT"}
 MODES = ("delta", "sum", "none")
 MODE_LABELS = {"delta": "Δ", "sum": "Σ", "none": "w/o"}
 METRIC, FACTORY, K = "l2", "Flat", 1

@@ -141,14 +141,15 @@ def random_shift(x: Tensor, max_shift: int) -> Tensor:
     return shifted.gather(3, cols)
 
 
-def color_augment(images: Tensor, gray_p: float = 0.2, strength: float = 0.4) -> Tensor:
-    """uint8 scenes → normalised inputs with per-image colour changes: channel permutation, brightness,
-    contrast, saturation and random grayscale (colour carries no class information in the scenes)."""
+def color_augment(images: Tensor, gray_p: float = 0.2, strength: float = 0.4, permute: bool = True) -> Tensor:
+    """uint8 scenes → normalised inputs with per-image colour changes: channel permutation (unless `permute` is
+    False), brightness, contrast, saturation and random grayscale (colour carries no class information)."""
     b = images.shape[0]
     x = images.float() / 255
-    perms = torch.tensor([[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]], device=x.device)
-    order = perms[torch.randint(0, 6, (b,), device=x.device)].view(b, 3, 1, 1).expand_as(x)
-    x = x.gather(1, order)
+    if permute:
+        perms = torch.tensor([[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]], device=x.device)
+        order = perms[torch.randint(0, 6, (b,), device=x.device)].view(b, 3, 1, 1).expand_as(x)
+        x = x.gather(1, order)
 
     def factor() -> Tensor:
         return 1 + strength * (2 * torch.rand(b, 1, 1, 1, device=x.device) - 1)

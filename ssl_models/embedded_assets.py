@@ -7,7 +7,7 @@ from ssl_models.base import SSLModel
 from ssl_models.load import load
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
-EMBEDDED_NAMES = ("rotnet", "sela", "scan", "moco")  # moco: head-less (fit a sslx.cluster_head.ClusterHead)
+EMBEDDED_NAMES = ("rotnet", "sela", "scan", "moco", "dino_vit")  # moco: head-less (fit a sslx.cluster_head.ClusterHead)
 
 
 def embedded_path(name: str) -> Path:
@@ -18,7 +18,7 @@ def embedded_path(name: str) -> Path:
 
 
 def embedded(name: str, head: int | None = None) -> SSLModel:
-    """Load the embedded benchmark model `name` ("rotnet", "sela", "scan" or the head-less "moco")."""
+    """Load the embedded benchmark model `name` ("rotnet", "sela", "scan", the head-less "moco" or "dino_vit")."""
     path = embedded_path(name)
     if not path.is_file():
         raise FileNotFoundError(

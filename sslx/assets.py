@@ -11,6 +11,7 @@ from torch import nn
 SUPERVISED = ("vgg", "resnet")
 TRANSFORMERS = ("vit",)  # supervised too, kept apart: AGF does not walk attention
 SELF_SUPERVISED = ("rotnet", "sela", "scan")
+SSL_TRANSFORMERS = ("dino_vit",)  # self-supervised ViT (DINO layout), kept apart like TRANSFORMERS
 EMBEDDED = SUPERVISED + SELF_SUPERVISED
 SUPERVISED_KEYS = frozenset({"arch", "config", "state_dict", "classes", "metrics"})
 
@@ -24,8 +25,9 @@ def assets_dir() -> Path:
 
 def asset_path(name: str) -> Path:
     """Checkpoint path of the embedded model `name` (which may not exist yet)."""
-    if name not in EMBEDDED + TRANSFORMERS:
-        raise ValueError(f"unknown embedded model {name!r}; valid names are {EMBEDDED + TRANSFORMERS}")
+    valid = EMBEDDED + TRANSFORMERS + SSL_TRANSFORMERS
+    if name not in valid:
+        raise ValueError(f"unknown embedded model {name!r}; valid names are {valid}")
     return assets_dir() / (f"supervised_{name}.pth" if name in SUPERVISED + TRANSFORMERS else f"{name}.pth")
 
 
@@ -39,7 +41,8 @@ def training_command(name: str) -> str:
 
 
 def load_embedded(name: str) -> nn.Module:
-    """The embedded model `name` in eval mode: "vgg", "resnet", "vit" (supervised, 12 scene classes), "rotnet", "sela", "scan"."""
+    """The embedded model `name` in eval mode: "vgg", "resnet", "vit" (supervised, 12 scene classes), "rotnet", "sela",
+    "scan", "dino_vit"."""
     path = asset_path(name)
     if not path.is_file():
         raise FileNotFoundError(f"embedded model asset {path} is missing; create it with `{training_command(name)}`")

@@ -173,7 +173,7 @@ def test_wandb_online_without_credentials_fails_before_training(
 def test_unloadable_models_say_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["--layer", "1", "--model", str(tmp_path / "nope.pth"), "--out", str(tmp_path)])
-    assert "neither an embedded model (rotnet, sela, scan, moco, vit) nor an existing checkpoint file" in capsys.readouterr().err
+    assert "neither an embedded model (rotnet, sela, scan, moco, dino_vit, vit) nor an existing checkpoint file" in capsys.readouterr().err
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"not a checkpoint at all")
     with pytest.raises(SystemExit):

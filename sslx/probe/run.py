@@ -109,8 +109,8 @@ def check_config(config: ProbeConfig) -> None:
 
 
 def load_model(spec: str, kind: str | None = None, *, vit_token: str = "cls") -> nn.Module:
-    """An embedded model name (rotnet, sela, scan, moco, vit) or a checkpoint path, loaded with ssl_models (`kind`:
-    its family, detected when None).
+    """An embedded model name (rotnet, sela, scan, moco, dino_vit, vit) or a checkpoint path, loaded with ssl_models
+    (`kind`: its family, detected when None).
 
     ViTs (the embedded supervised "vit", DINO ViT checkpoints) are probed per block: layer N = after block N,
     read at the CLS token or the mean patch token (`vit_token`).
@@ -126,6 +126,11 @@ def load_model(spec: str, kind: str | None = None, *, vit_token: str = "cls") ->
         vit = load_embedded("vit")
         return ViTLayers(vit, Preprocess(IMAGENET_MEAN, IMAGENET_STD, vit.img_size), vit_token,
                          {"kind": "supervised", "variant": "tiny vit"})
+    if spec == "dino_vit":
+        if kind not in (None, spec):
+            raise ValueError(f"--kind {kind!r} contradicts the embedded model {spec!r}")
+        model = ssl_models.embedded(spec)
+        return ViTLayers(model.backbone.vit, model.preprocess, vit_token, model.info)
     if spec in EMBEDDED_NAMES:
         if kind is not None and kind != spec:
             raise ValueError(f"--kind {kind!r} contradicts the embedded model {spec!r}")
