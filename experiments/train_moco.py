@@ -39,8 +39,8 @@ class MoCoModule(OneCycleModule):
     def __init__(self, widths: tuple[int, ...], stem_width: int, proj: int, queue: int, momentum: float,
                  temperature: float, lr: float, weight_decay: float, total_steps: int, low_res_epochs: int,
                  same_prob: float, objective: str = "moco", key_splits: int = 1,
-                 batch_negatives: bool = False) -> None:
-        super().__init__(lr, weight_decay, total_steps, optimizer="adamw")
+                 batch_negatives: bool = False, optimizer: str = "adamw") -> None:
+        super().__init__(lr, weight_decay, total_steps, optimizer=optimizer)
         self.encoder_q = resnet_backbone(widths, stem_width)
         dim = 4 * widths[-1]
         self.encoder_q.fc = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, proj))
@@ -151,6 +151,8 @@ def main() -> None:
                    help="shuffled BN: keys are encoded in this many shuffled groups, queries in as many ordered ones")
     p.add_argument("--batch-negatives", action=argparse.BooleanOptionalAction, default=False,
                    help="the other keys of the batch are negatives besides the queue")
+    p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw",
+                   help="one-cycle AdamW (the asset) or SGD with Nesterov momentum 0.9 (MoCo's own optimiser)")
     add_run_options(p, lr=2e-3, weight_decay=0.01, out=str(ASSETS / "moco.pth"), probe=True)
     args = p.parse_args()
     setup(args.seed, args.threads)
@@ -162,7 +164,7 @@ def main() -> None:
     loader = tensor_loader(views, batch_size=args.batch_size, seed=args.seed)
     module = MoCoModule(tuple(args.widths), args.stem_width, args.proj, args.queue, args.momentum, args.temperature,
                         args.lr, args.weight_decay, args.epochs * len(loader), args.low_res_epochs, args.same_prob,
-                        args.objective, args.key_splits, args.batch_negatives)
+                        args.objective, args.key_splits, args.batch_negatives, args.optimizer)
     clock = Clock()
     make_trainer(args.epochs, args.max_minutes, stop_after_epochs=args.stop_after_epochs).fit(module, loader)
     train_s, train_cpu_s = clock.seconds()
@@ -185,7 +187,7 @@ def main() -> None:
                        predict(model.features, test.images), test.labels)
     report = {"train_seconds": train_s, "train_cpu_seconds": train_cpu_s, "epochs": args.epochs,
               "train_size": args.train_size, "knn20_test_acc": knn, "objective": args.objective, "threads": args.threads,
-              "lr": args.lr, "momentum": args.momentum, "key_splits": args.key_splits,
+              "lr": args.lr, "optimizer": args.optimizer, "momentum": args.momentum, "key_splits": args.key_splits,
               "batch_negatives": args.batch_negatives, "low_res_epochs": args.low_res_epochs,
               "params": sum(p.numel() for p in model.parameters()), "checkpoint_mb": file_mb(args.out)}
     report.update(probe_model(model, args.probe_train_size, seed=args.seed))
