@@ -2,21 +2,16 @@
 backbone features that separate the scene classes above a random-init model of the same layout."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import ssl_models
 from ssl_models.embedded_assets import embedded_path
+from embedded_eval import knn_accuracy, probe_accuracy, scene_tensors
 from ssl_models.serialization import read_checkpoint
 from sslx.probe.run import load_model as probe_load_model
 
-ROOT = Path(__file__).resolve().parents[1]
-NUM_CLASSES = 12
 # chance is 1/12 = 8.3 %. On these scenes (bank: the first 2000 train scenes, queries: 1200 test scenes — the
 # trainer's monitor setting) the asset gives kNN-20 14.3 % and a linear probe 11.5 %; three random-init models of
 # the same layout (trainer's init, seeds 0-2) give kNN-20 8.6-10.4 % and probe 8.2-8.6 % (docs/dev-notes/issue-17c.md).
@@ -25,20 +20,10 @@ MIN_KNN_ACCURACY = 0.125
 MIN_PROBE_ACCURACY = 0.10
 
 
-def _scene_tensors():
-    name = "experiments_scene_tensors"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / "scene_tensors.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 @pytest.fixture(scope="module")
 def data():
     """Mean-pooled ViT features of 2000 train and 1200 test single-object scenes, and their classes."""
-    st = _scene_tensors()
+    st = scene_tensors()
     model = ssl_models.embedded("dino_vit").eval()
     out = {}
     for split, size in (("train", 2000), ("test", 1200)):
@@ -61,24 +46,9 @@ def test_asset_has_dinos_full_checkpoint_layout():
 def test_backbone_features_separate_classes_above_random_init(data):
     train_f, train_y = data["train"]
     test_f, test_y = data["test"]
-    sims = F.normalize(test_f, dim=1) @ F.normalize(train_f, dim=1).T
-    votes = F.one_hot(train_y[sims.topk(20, dim=1).indices], NUM_CLASSES).sum(1)
-    knn = float((votes.argmax(1) == test_y).double().mean())
+    knn = knn_accuracy(train_f, train_y, test_f, test_y)
     assert knn >= MIN_KNN_ACCURACY, knn
-    mean, std = train_f.mean(0), train_f.std(0).clamp_min(1e-6)
-    a, b = (train_f - mean) / std, (test_f - mean) / std
-    w = torch.zeros(a.shape[1], NUM_CLASSES, requires_grad=True)
-    bias = torch.zeros(NUM_CLASSES, requires_grad=True)
-    opt = torch.optim.LBFGS([w, bias], max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(a @ w + bias, train_y) + 1e-3 * (w * w).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    probe = float(((b @ w + bias).argmax(1) == test_y).double().mean())
+    probe = probe_accuracy(train_f, train_y, test_f, test_y)
     assert probe >= MIN_PROBE_ACCURACY, probe
 
 

@@ -2,23 +2,18 @@
 scene classes well above chance, and Algorithm 2 end to end through a k-means head."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import sslx.ssl as ssl
 import ssl_models
 from ssl_models.embedded_assets import embedded_path
+from embedded_eval import NUM_CLASSES, knn_accuracy, probe_accuracy, scene_tensors
 from ssl_models.serialization import read_checkpoint
 from sslx.cluster_head import ClusterHead
 from sslx.neighbors import FeatureIndex
 
-ROOT = Path(__file__).resolve().parents[1]
-NUM_CLASSES = 12
 # chance is 1/12 = 8.3 %. On these scenes (720 train, 480 test) the asset gives a linear-probe accuracy of
 # 71.3 % and kNN-20 51.9 %. The earlier queue-InfoNCE asset (collapsed features, docs/dev-notes/issue-15b.md) gave
 # 23.8 % / 14.8 % and a random-init model of the same layout 10.6 % / 7.5 %: both fail these thresholds.
@@ -26,20 +21,10 @@ MIN_PROBE_ACCURACY = 0.60
 MIN_KNN_ACCURACY = 0.40
 
 
-def _scene_tensors():
-    name = "experiments_scene_tensors"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / "scene_tensors.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 @pytest.fixture(scope="module")
 def data():
     """The embedded MoCo, features of 720 train and 480 test single-object scenes, and their classes."""
-    st = _scene_tensors()
+    st = scene_tensors()
     model = ssl_models.embedded("moco")
     out = {"model": model}
     for split, size in (("train", 720), ("test", 480)):
@@ -62,24 +47,9 @@ def test_asset_has_the_published_moco_v2_layout():
 def test_features_separate_classes_above_chance(data):
     _, train_f, train_y = data["train"]
     _, test_f, test_y = data["test"]
-    sims = F.normalize(test_f, dim=1) @ F.normalize(train_f, dim=1).T
-    votes = F.one_hot(train_y[sims.topk(20, dim=1).indices], NUM_CLASSES).sum(1)
-    knn = float((votes.argmax(1) == test_y).double().mean())
+    knn = knn_accuracy(train_f, train_y, test_f, test_y)
     assert knn >= MIN_KNN_ACCURACY, knn
-    mean, std = train_f.mean(0), train_f.std(0).clamp_min(1e-6)
-    a, b = (train_f - mean) / std, (test_f - mean) / std
-    w = torch.zeros(a.shape[1], NUM_CLASSES, requires_grad=True)
-    bias = torch.zeros(NUM_CLASSES, requires_grad=True)
-    opt = torch.optim.LBFGS([w, bias], max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(a @ w + bias, train_y) + 1e-3 * (w * w).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    probe = float(((b @ w + bias).argmax(1) == test_y).double().mean())
+    probe = probe_accuracy(train_f, train_y, test_f, test_y)
     assert probe >= MIN_PROBE_ACCURACY, probe
 
 

@@ -5,9 +5,7 @@ trained (docs/benchmark.md, "Trained models"), so a damaged or retrained-badly a
 """
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,32 +14,21 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 import ssl_models
+from embedded_eval import scene_tensors
 from ssl_models.serialization import read_checkpoint
 from sslx import AGF
 from sslx.assets import EMBEDDED, SUPERVISED, asset_path, load_embedded, load_supervised, read_supervised
 
-ROOT = Path(__file__).resolve().parents[1]
 N_SCENES = 64
 # measured on these 64 scenes when the assets were made (generator v2): vgg 0.938, resnet 0.938,
 # rotnet 0.977 (rotations), sela 0.641 and scan 0.641 (one-to-one cluster matching); minus a margin
 MIN_ACCURACY = {"vgg": 0.90, "resnet": 0.90, "rotnet": 0.93, "sela": 0.58, "scan": 0.55}
 
 
-def _scene_tensors():
-    """experiments/scene_tensors.py, imported by path."""
-    name = "experiments_scene_tensors"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / "scene_tensors.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while the file executes
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 @pytest.fixture(scope="module")
 def scenes():
     """First 64 single-object test scenes (the scenes the models are explained on) and their classes."""
-    st = _scene_tensors()
+    st = scene_tensors()
     single = st.render_split("test", N_SCENES, "single")
     return {"single": (st.to_input(single.images), single.labels)}
 
