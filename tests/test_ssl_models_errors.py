@@ -305,7 +305,7 @@ def test_preprocess_rejects_out_of_range_and_wrong_channels(rotnet_model):
 
 
 def test_embedded_unknown_name_and_missing_asset(tmp_path, monkeypatch):
-    valid = r"unknown embedded model 'dino'; valid names are \('rotnet', 'sela', 'scan', 'moco'\)"
+    valid = r"unknown embedded model 'dino'; valid names are \('rotnet', 'sela', 'scan', 'moco', 'dino_vit'\)"
     with pytest.raises(ValueError, match=valid):
         ssl_models.embedded("dino")
     monkeypatch.setattr(embedded_module, "ASSETS_DIR", tmp_path)
