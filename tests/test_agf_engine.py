@@ -297,6 +297,27 @@ def test_max_pool_vjp_equals_autograd_with_overlapping_windows(pool):
     assert fast[0].abs().sum() > 0
 
 
+@pytest.mark.parametrize("pool,disjoint", [(nn.MaxPool2d(2), True), (nn.MaxPool2d(3, 3, 1, ceil_mode=True), True),
+                                           (nn.MaxPool2d(3, 2), False)])
+def test_z_rule_through_max_pool_equals_the_input_side_product(pool, disjoint):
+    """Disjoint windows take R_in = Jᵀ(Y ⊙ R/Y); that must equal X ⊙ Jᵀ(R/Y) bit for bit, ties and R = 0 included."""
+    from sslx.attribution.propagation import _windows_disjoint, z_rule
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
+    x[0, 0, :4, :4] = 0.0
+    x[1, 2, 4:8, 4:8] = 1.5
+    y = pool(x)
+    r, g = torch.randn_like(y), torch.randn_like(y)
+    r[0, 1] = 0.0
+    steps = ModelGraph(nn.Sequential(nn.Conv2d(3, 3, 1), pool, nn.Flatten(), nn.LazyLinear(2))).steps
+    pool_step = next(s for s in steps.values() if s.module is pool)
+    (rel,), (g_in,) = z_rule(pool_step, x, y, r, g)
+    back = vjp(pool_step, x, [safe_divide(r, y), g])
+    assert _windows_disjoint(pool) == disjoint
+    assert torch.equal(rel, x * back[0]) and torch.equal(g_in, back[1])
+    assert rel.abs().sum() > 0
+
+
 @pytest.mark.parametrize("kernel,stride,padding", [(11, 4, 2), (7, 2, 3), (3, (2, 3), 1), ((1, 2), (3, 1), 0),
                                                    (5, 3, 4), (2, 2, 0)])
 @pytest.mark.parametrize("size", [16, 33])
@@ -335,5 +356,9 @@ def test_masked_gradient_skips_the_extra_adjoint_only_when_masking_changes_nothi
     assert got is not g_in and torch.allclose(got, conv2d_input(x.shape, w, g * (r != 0), 1, 1), rtol=0, atol=1e-12)
     g[0, 0, 3, 3] = 0.0  # ... and where g is 0 too: nothing to mask
     assert _masked_gradient(m, x, r, g, w, g_in) is g_in
-    r[0, 0, 3, 3], r[0, 1, 0, 0], g[0, 1, 0, 0] = 1.0, 1e-200, 1e-200  # g·Φ underflows: the exact path, same numbers
-    assert torch.allclose(_masked_gradient(m, x, r, g, w, g_in), conv2d_input(x.shape, w, g, 1, 1), rtol=0, atol=1e-12)
+    r[0, 0, 3, 3], r[0, 1, 0, 0], g[0, 1, 0, 0] = 1.0, 1e-200, 1e-200  # g·Φ would underflow: still nothing to mask
+    g_in = conv2d_input(x.shape, w, g, 1, 1)
+    assert _masked_gradient(m, x, r, g, w, g_in) is g_in
+    g[0, 2, 5, 5], r[0, 2, 5, 5] = float("nan"), 0.0  # a NaN where Φ = 0 takes the exact path
+    got = _masked_gradient(m, x, r, g, w, g_in)
+    assert got is not g_in and torch.equal(got.isnan(), conv2d_input(x.shape, w, g * (r != 0), 1, 1).isnan())

@@ -33,13 +33,29 @@ def pointwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride
     return out.reshape(n, -1, h, w)
 
 
-def conv_transpose(m, out: Tensor, weight: Tensor, input_shape: torch.Size) -> Tensor:
+def flipped_kernel(m, out: Tensor, weight: Tensor, uses: int = 1) -> Tensor | None:
+    """The flipped, transposed kernel with which `conv_transpose` is a forward convolution, when that pays
+    for `uses` adjoints of outputs like `out` (CPU, stride 1, one group); None otherwise.
+
+    oneDNN runs the forward convolution faster than its deconvolution, but the flip is a copy of the weight:
+    it pays once the activation outweighs the kernel (B = 8, 512 channels at 28×28: 92 ms against 110), or
+    a quarter of it when three adjoints share one flip (AGF's gradient, C and A).
+    """
+    if (out.device.type != "cpu" or is_pointwise(m, out) or isinstance(m.padding, str)
+            or _adjoint_padding(m, weight) is None or out.numel() * (4 if uses >= 3 else 1) < weight.numel()):
+        return None
+    return weight.transpose(0, 1).contiguous().flip(2, 3)
+
+
+def conv_transpose(m, out: Tensor, weight: Tensor, input_shape: torch.Size, flipped: Tensor | None = None) -> Tensor:
     """The adjoint of `conv_forward` (a transposed convolution back to the input's shape).
 
     On CPU, with stride 1 and one group it is a forward convolution with the flipped, transposed kernel
-    where the activation outweighs the kernel (oneDNN runs it faster than its backward-data kernel);
-    otherwise oneDNN's deconvolution.
+    (`flipped`, made here when not given and `flipped_kernel` says it pays); otherwise oneDNN's
+    deconvolution.
     """
+    if flipped is not None:
+        return F.conv2d(out, flipped, None, 1, _adjoint_padding(m, weight), m.dilation)
     shape = (out.shape[0],) + tuple(input_shape[1:])
     if is_pointwise(m, out):
         back = pointwise_conv(out, weight.reshape(weight.shape[0], -1).t())
@@ -51,10 +67,9 @@ def conv_transpose(m, out: Tensor, weight: Tensor, input_shape: torch.Size) -> T
     if out.device.type == "cpu" and not isinstance(m.padding, str):
         if _phases_pay(m, weight):
             return _strided_adjoint_by_phases(m, out, weight, shape)
-        pad = _adjoint_padding(m, weight)
-        if pad is not None and out.numel() >= weight.numel():  # else flipping the kernel costs more than it saves
-            kernel = weight.transpose(0, 1).contiguous().flip(2, 3)
-            return F.conv2d(out, kernel, None, 1, pad, m.dilation)
+        kernel = flipped_kernel(m, out, weight)
+        if kernel is not None:
+            return F.conv2d(out, kernel, None, 1, _adjoint_padding(m, weight), m.dilation)
         # oneDNN's deconvolution: 5–15 % faster than its backward-data kernel (conv2d_input) on small maps
         extra = tuple(size - ((o - 1) * s - 2 * p + d * (k - 1) + 1) for size, o, s, p, d, k in
                       zip(shape[2:], out.shape[2:], m.stride, m.padding, m.dilation, weight.shape[2:]))

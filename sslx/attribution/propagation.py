@@ -100,10 +100,24 @@ def z_rule(step: Step, x: Tensor, y: Tensor, r: Tensor, g: Grad) -> tuple[list, 
 
     The mask 1[R≠0] is implied: where R is 0 the quotient is 0 anyway.
     """
+    if _windows_disjoint(step.module):
+        # Each input pixel feeds at most one window and is that window's output where it is the arg-max, so
+        # X ⊙ Jᵀ(R/Y) = Jᵀ(Y ⊙ R/Y) bit for bit: the product is taken on the pooled map, not the input's.
+        cot = [scale_by_quotient(y, r)] if g is None else [scale_by_quotient(y, r), g]
+        back = vjp(step, x, cot)
+        return [back[0]], [None if g is None else back[1]]
     s = safe_divide(r, y)
     cot = [s] if g is None else [s, g]
     back = vjp(step, x, cot)
     return [x * back[0]], [None if g is None else back[1]]
+
+
+def _windows_disjoint(m: Any) -> bool:
+    """A MaxPool2d whose windows neither overlap nor dilate (every input pixel is read by at most one)."""
+    if not isinstance(m, nn.MaxPool2d):
+        return False
+    kernel, stride = _pair(m.kernel_size), _pair(m.stride if m.stride is not None else m.kernel_size)
+    return _pair(m.dilation) == [1, 1] and all(s >= k for k, s in zip(kernel, stride))
 
 
 def relu_rule(y: Tensor, r: Tensor, g: Grad) -> tuple[list, list]:
