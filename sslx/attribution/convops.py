@@ -54,6 +54,8 @@ def conv_transpose(m, out: Tensor, weight: Tensor, input_shape: torch.Size, flip
     (`flipped`, made here when not given and `flipped_kernel` says it pays); otherwise oneDNN's
     deconvolution.
     """
+    if flipped is None:
+        flipped = flipped_kernel(m, out, weight)  # None unless CPU, stride 1, one group: disjoint from the paths below
     if flipped is not None:
         return F.conv2d(out, flipped, None, 1, _adjoint_padding(m, weight), m.dilation)
     shape = (out.shape[0],) + tuple(input_shape[1:])
@@ -67,9 +69,6 @@ def conv_transpose(m, out: Tensor, weight: Tensor, input_shape: torch.Size, flip
     if out.device.type == "cpu" and not isinstance(m.padding, str):
         if _phases_pay(m, weight):
             return _strided_adjoint_by_phases(m, out, weight, shape)
-        kernel = flipped_kernel(m, out, weight)
-        if kernel is not None:
-            return F.conv2d(out, kernel, None, 1, _adjoint_padding(m, weight), m.dilation)
         # oneDNN's deconvolution: 5–15 % faster than its backward-data kernel (conv2d_input) on small maps
         extra = tuple(size - ((o - 1) * s - 2 * p + d * (k - 1) + 1) for size, o, s, p, d, k in
                       zip(shape[2:], out.shape[2:], m.stride, m.padding, m.dilation, weight.shape[2:]))

@@ -100,16 +100,12 @@ def z_rule(step: Step, x: Tensor, y: Tensor, r: Tensor, g: Grad) -> tuple[list, 
 
     The mask 1[R≠0] is implied: where R is 0 the quotient is 0 anyway.
     """
-    if _windows_disjoint(step.module):
-        # Each input pixel feeds at most one window and is that window's output where it is the arg-max, so
-        # X ⊙ Jᵀ(R/Y) = Jᵀ(Y ⊙ R/Y) bit for bit: the product is taken on the pooled map, not the input's.
-        cot = [scale_by_quotient(y, r)] if g is None else [scale_by_quotient(y, r), g]
-        back = vjp(step, x, cot)
-        return [back[0]], [None if g is None else back[1]]
-    s = safe_divide(r, y)
-    cot = [s] if g is None else [s, g]
-    back = vjp(step, x, cot)
-    return [x * back[0]], [None if g is None else back[1]]
+    # Disjoint max-pool windows: each input pixel feeds at most one window and is that window's output where it
+    # is the arg-max, so X ⊙ Jᵀ(R/Y) = Jᵀ(Y ⊙ R/Y) bit for bit, the product taken on the pooled map.
+    disjoint = _windows_disjoint(step.module)
+    s = scale_by_quotient(y, r) if disjoint else safe_divide(r, y)
+    back = vjp(step, x, [s] if g is None else [s, g])
+    return [back[0] if disjoint else x * back[0]], [None if g is None else back[1]]
 
 
 def _windows_disjoint(m: Any) -> bool:
