@@ -43,6 +43,8 @@ class AGF:
         self._needed = _values_read_backwards(self.graph)
         self._norm_after = _norms_after_convs(self.graph)
         self._folded_norms = {s.node for s in self._norm_after.values()}
+        # the forward pass may fold these norms into their convs: no rule reads the conv's own output
+        self._forward_folds = {n for n in self._folded_norms if self.graph.steps[n].inputs[0] not in self._needed}
         self._override_conv_roles(set(flat_convs), "flat")
         self._override_conv_roles(set(full_convs), "full")
 
@@ -61,7 +63,8 @@ class AGF:
 
     def attribute(self, x: Tensor, target: Any = None, *, normalize: bool = True) -> Tensor:
         """Heatmaps B×1×H×W for `target` (None = top-1, int, or LongTensor[B]); dtype/device follow x."""
-        env, logits, t = run_model(self.graph, x, target, keep=self._needed.__contains__)
+        env, logits, t = run_model(self.graph, x, target, keep=self._needed.__contains__,
+                                   fold_norms=self._forward_folds)
         del logits
         with torch.no_grad():
             head = self.graph.head.module

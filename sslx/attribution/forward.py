@@ -1,7 +1,7 @@
 """The checked forward pass every method starts with: validate the input, run the graph, resolve targets."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import torch
 import torch.fx as fx
@@ -12,11 +12,12 @@ from .graph import ModelGraph
 
 
 def run_model(graph: ModelGraph, x: Tensor, target: Any, *, with_grad: bool = False,
-              keep: Callable[[fx.Node], bool] | None = None) -> tuple[dict[fx.Node, Any], Tensor, Tensor]:
+              keep: Callable[[fx.Node], bool] | None = None,
+              fold_norms: Collection[fx.Node] = ()) -> tuple[dict[fx.Node, Any], Tensor, Tensor]:
     """Validate x, run the graph in inference mode; return (env, logits B×K, targets LongTensor[B]).
 
     With `with_grad`, autograd records the run from a fresh leaf copy of x (`env[graph.input_node]`);
-    `keep` is passed to `ModelGraph.run`.
+    `keep` and `fold_norms` are passed to `ModelGraph.run`.
     """
     check_image_batch(x, "x", channels=None)
     check_model_matches(graph.model, x)
@@ -24,7 +25,7 @@ def run_model(graph: ModelGraph, x: Tensor, target: Any, *, with_grad: bool = Fa
     if with_grad:
         x = x.detach().requires_grad_(True)
     with torch.set_grad_enabled(with_grad):
-        env = graph.run(x, keep=keep)
+        env = graph.run(x, keep=keep, fold_norms=fold_norms)
     logits = env[graph.head.node]
     if not isinstance(logits, Tensor) or logits.dim() != 2:
         raise ValueError(f"the model must return B×K logits, got shape {tuple(getattr(logits, 'shape', ()))}")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import torch
 import torch.fx as fx
@@ -288,23 +288,71 @@ class ModelGraph:
         return [s for s in self.steps.values() if s.kind == kind]
 
     # -- execution -----------------------------------------------------------------------------
-    def run(self, x: Tensor, keep: Callable[[fx.Node], bool] | None = None) -> dict[fx.Node, Any]:
+    def run(self, x: Tensor, keep: Callable[[fx.Node], bool] | None = None,
+            fold_norms: Collection[fx.Node] = ()) -> dict[fx.Node, Any]:
         """Evaluate every node in inference mode (BatchNorm uses running stats, Dropout is identity).
 
         With `keep`, a tensor for which keep(node) is false is replaced by a shape-only stand-in (a meta
-        tensor) as soon as the forward pass has used it for the last time.
+        tensor) as soon as the forward pass has used it for the last time, and a ReLU that is the only
+        reader of such a tensor overwrites it. `fold_norms` names BatchNorm nodes that are the only reader
+        of a convolution and whose input no caller reads: where the activation outweighs the kernel, the
+        norm is folded into the convolution (the conv and norm nodes then hold the same, normalised tensor).
         """
         env: dict[fx.Node, Any] = {self.input_node: x}
         dies_at = self._last_readers() if keep is not None else {}
+        fold_at = {self.steps[n].inputs[0]: n for n in fold_norms}
+        folded: set[fx.Node] = set()  # norms whose value is their convolution's (folded) output
+        readers = self.consumers() if keep is not None else {}
         for node, step in self.steps.items():
             if step.kind == INPUT:
                 continue
-            env[node] = self._eval(node, step, env)
+            norm = fold_at.get(node)
+            if norm is not None and self._fold_pays(step, env):
+                env[node] = self._folded_conv(step, self.steps[norm].module, env)
+                folded.add(norm)
+            elif node in folded:
+                env[node] = env[step.inputs[0]]
+            elif (step.kind == RELU and keep is not None and readers.get(step.inputs[0]) == [node]
+                  and self._overwritable(step.inputs[0], keep, folded)):
+                env[node] = F.relu_(env[step.inputs[0]])  # nothing else reads its input
+            else:
+                env[node] = self._eval(node, step, env)
             for dead in dies_at.get(node, ()):
                 value = env[dead]
                 if isinstance(value, Tensor) and not keep(dead):
                     env[dead] = torch.empty(value.shape, dtype=value.dtype, device="meta")
         return env
+
+    @staticmethod
+    def _fold_pays(conv: Step, env: dict[fx.Node, Any]) -> bool:
+        """Whether folding a norm into this convolution costs less than the norm's own pass (a kernel-sized
+        pass against an activation-sized one)."""
+        x = env.get(conv.inputs[0])
+        if conv.kind != CONV or not isinstance(x, Tensor) or not isinstance(conv.module, nn.Conv2d):
+            return False
+        out_channels, h, w = conv.module.out_channels, *x.shape[2:]
+        return x.shape[0] * out_channels * h * w >= conv.module.weight.numel()
+
+    @staticmethod
+    def _folded_conv(conv: Step, norm: nn.Module, env: dict[fx.Node, Any]) -> Tensor:
+        """norm(conv(x)) as one convolution with the norm's scale and shift folded into kernel and bias."""
+        m = conv.module
+        scale = torch.rsqrt(norm.running_var + norm.eps)
+        if norm.weight is not None:
+            scale = scale * norm.weight
+        shift = -norm.running_mean if m.bias is None else m.bias - norm.running_mean
+        bias = shift * scale if norm.bias is None else torch.addcmul(norm.bias, shift, scale)
+        weight = m.weight * scale.reshape((-1,) + (1,) * (m.weight.dim() - 1))
+        x = env[conv.inputs[0]]
+        if is_pointwise(m, x):
+            return pointwise_conv(x, weight, bias, tuple(m.stride))
+        return F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation, m.groups)
+
+    def _overwritable(self, node: fx.Node, keep: Callable[[fx.Node], bool], folded: set[fx.Node]) -> bool:
+        """Whether no caller reads this value (nor, for a folded norm, its convolution's) after the forward."""
+        if keep(node) or self.steps[node].kind not in (CONV, NORM, LINEAR):  # others may alias their input
+            return False
+        return node not in folded or not keep(self.steps[node].inputs[0])
 
     def _last_readers(self) -> dict[fx.Node, list[fx.Node]]:
         """Map a node to the values it is the last forward reader of."""
