@@ -30,6 +30,11 @@ def scale_by_quotient(b: Tensor, a: Tensor) -> Tensor:
     return torch.div(a, _stabilized(b)).mul_(b)
 
 
+def scale_by_quotient_(b: Tensor, a: Tensor) -> Tensor:
+    """`scale_by_quotient` written into a (a buffer the caller owns)."""
+    return a.div_(_stabilized(b)).mul_(b)
+
+
 def _stabilized(b: Tensor) -> Tensor:
     den = b + STABILIZER
     return den.add_(torch.eq(den, 0, out=torch.empty_like(den)), alpha=STABILIZER)

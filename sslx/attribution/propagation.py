@@ -9,7 +9,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .graph import ADD, ADD_CONST, INPUT, NORM, PASS, POOL, RELU, RESHAPE, SMOOTH, ModelGraph, Step
-from .numerics import STABILIZER, safe_divide, scale_by_quotient
+from .numerics import STABILIZER, safe_divide, scale_by_quotient, scale_by_quotient_
 
 Grad = Optional[Tensor]
 # A rule maps (step, input values, output value, relevance at the output, gradient at the output)
@@ -26,7 +26,6 @@ def propagate(graph: ModelGraph, env: dict[fx.Node, Any], start: fx.Node, releva
     AGF's X ⊙ safe_divide(ΣR_i, X) (the reference's Clone), `plain_sum` is what its LRP code does.
     With `release`, each node's value is dropped from `env` once its step is done (no later step reads it).
     """
-    merge = fork_relevance if merge is None else merge
     rel: dict[fx.Node, list[Tensor]] = {start: [relevance]}
     grads: dict[fx.Node, list[Tensor]] = {start: [grad]} if grad is not None else {}
     for node in reversed(list(graph.steps)):
@@ -35,7 +34,10 @@ def propagate(graph: ModelGraph, env: dict[fx.Node, Any], start: fx.Node, releva
         step = graph.steps[node]
         parts = rel.pop(node)
         value = env[node]
-        r = parts[0] if len(parts) == 1 else merge(value, parts)
+        if len(parts) == 1:
+            r = parts[0]
+        else:
+            r = fork_relevance(value, parts, step.kind == RELU) if merge is None else merge(value, parts)
         g_parts = grads.pop(node, None)
         g = None if g_parts is None else _total(g_parts)
         if step.kind == INPUT:
@@ -52,9 +54,12 @@ def propagate(graph: ModelGraph, env: dict[fx.Node, Any], start: fx.Node, releva
     raise RuntimeError("relevance never reached the model's input: the head is not connected to the image")
 
 
-def fork_relevance(value: Tensor, parts: list[Tensor]) -> Tensor:
-    """Merge the relevance of a tensor used by several layers: X ⊙ safe_divide(ΣR_i, X)."""
-    return scale_by_quotient(value, _total(parts))
+def fork_relevance(value: Tensor, parts: list[Tensor], nonnegative: bool = False) -> Tensor:
+    """Merge the relevance of a tensor used by several layers: X ⊙ safe_divide(ΣR_i, X) (`nonnegative`: X >= 0)."""
+    total = _total(parts) if len(parts) > 1 else parts[0].clone()  # a buffer of our own, overwritten below
+    if nonnegative:  # X + 1e-9 > 0: no zero denominators to guard, and X = 0 zeroes the product
+        return total.div_(torch.add(value, STABILIZER)).mul_(value)
+    return scale_by_quotient_(value, total)
 
 
 def plain_sum(value: Tensor, parts: list[Tensor]) -> Tensor:
