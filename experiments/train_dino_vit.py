@@ -45,6 +45,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from train_common import ASSETS, Clock, color_augment, file_mb, load_split, load_views, predict, setup, write_report
 from train_moco import knn_accuracy
+from train_scan import nt_xent
 
 
 class DINOHead(nn.Module):
@@ -204,6 +205,11 @@ def main() -> None:
     p.add_argument("--no-channel-permute", action="store_true", help="keep the RGB channel order of every view")
     p.add_argument("--koleo-weight", type=float, default=0.1,
                    help="weight of the KoLeo regulariser on the student's pooled features (0 turns it off)")
+    p.add_argument("--stem-channels", type=int, nargs="*", default=[],
+                   help="widths of a 3×3 stride-2 convolutional stem before the patch projection (none: plain patches)")
+    p.add_argument("--nce-weight", type=float, default=0.0,
+                   help="weight of an NT-Xent term between the two global crops' head bottlenecks (0 turns it off)")
+    p.add_argument("--nce-temp", type=float, default=0.2)
     p.add_argument("--queries", type=int, default=1200, help="held-out test scenes for the kNN monitor")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--pos-scale", type=float, default=0.1,
@@ -242,7 +248,7 @@ def main() -> None:
     bank, bank_labels = train.images[:2000], train.labels[:2000]  # labels for monitoring only
     query, query_labels = test.images[:args.queries], test.labels[:args.queries]
 
-    student = DINONet(tiny_vit(0), DINOHead(TINY_VIT["embed_dim"], args.out_dim, args.hidden, args.bottleneck))
+    student = DINONet(tiny_vit(0, stem_channels=tuple(args.stem_channels)), DINOHead(TINY_VIT["embed_dim"], args.out_dim, args.hidden, args.bottleneck))
     with torch.no_grad():
         student.backbone.pos_embed.mul_(args.pos_scale)
     teacher = copy.deepcopy(student)
@@ -290,6 +296,8 @@ def main() -> None:
             dino_sum += float(loss.detach())
             if args.koleo_weight:
                 loss = loss + args.koleo_weight * sum(koleo_loss(f) for f in s_feats.chunk(2)) / 2
+            if args.nce_weight:
+                loss = loss + args.nce_weight * nt_xent(*student.head.mlp(s_feats).chunk(2), args.nce_temp)
             if not torch.isfinite(loss):
                 sys.exit(f"loss is {float(loss)} at step {step}")
             opt.zero_grad(set_to_none=True)

@@ -32,6 +32,8 @@ def main() -> None:
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--shift", type=int, default=4)
     p.add_argument("--label-smoothing", type=float, default=0.05)
+    p.add_argument("--stem-channels", type=int, nargs="*", default=[],
+                   help="widths of a 3×3 stride-2 convolutional stem before the patch projection (none: plain patches)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--max-minutes", type=float, default=14.0, help="safety stop after this many minutes")
@@ -49,7 +51,9 @@ def main() -> None:
     train = load_split("train", args.train_size, "single", seed=args.seed)
     test = load_split("test", 1200, "single", seed=args.seed)
     config = {**TINY_VIT, "num_classes": len(SCENE_CLASSES)}
-    net = tiny_vit(len(SCENE_CLASSES))
+    if args.stem_channels:
+        config["stem_channels"] = list(args.stem_channels)
+    net = tiny_vit(len(SCENE_CLASSES), stem_channels=tuple(args.stem_channels))
     decay = [q for q in net.parameters() if q.ndim > 1]
     no_decay = [q for q in net.parameters() if q.ndim <= 1]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},

@@ -23,7 +23,7 @@ from ssl_models.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from ssl_models.strict_load import load_strict
 
 KIND = "dino_vit"
-EXPECTED_KEYS = "cls_token, pos_embed, patch_embed.proj.*, blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}.*, norm.*"
+EXPECTED_KEYS = "cls_token, pos_embed, patch_embed.proj.* (optionally patch_embed.stem.*), blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}.*, norm.*"
 HEAD_DIM = 64  # every DINO ViT (vit_tiny/small/base) uses 64-d heads: num_heads = embed_dim / 64
 VARIANTS = {192: "vit_tiny", 384: "vit_small", 768: "vit_base"}
 
@@ -74,7 +74,8 @@ def build(raw: RawCheckpoint, variant: str | None = None) -> SSLModel:
     cls = require(state, "cls_token", 3, "CLS token")
     pos = require(state, "pos_embed", 3, "position embedding")
     patch = require(state, "patch_embed.proj.weight", 4, "patch embedding")
-    dim, patch_size = int(cls.shape[-1]), int(patch.shape[-1])
+    stem = _stem_channels(state)
+    dim, patch_size = int(cls.shape[-1]), int(patch.shape[-1]) << len(stem)
     grid = round((pos.shape[1] - 1) ** 0.5)
     if grid * grid != pos.shape[1] - 1:
         raise CheckpointError(f"pos_embed holds {pos.shape[1]} tokens, not 1 + a square patch grid")
@@ -84,6 +85,8 @@ def build(raw: RawCheckpoint, variant: str | None = None) -> SSLModel:
     config = {"img_size": grid * patch_size, "patch_size": patch_size, "embed_dim": dim, "depth": depth,
               "num_heads": num_heads, "mlp_ratio": hidden / dim, "qkv_bias": "blocks.0.attn.qkv.bias" in state,
               "pool": pool}
+    if stem:
+        config["stem_channels"] = stem
     head_layers = _head_layers(state)
     with torch.device("meta"):
         vit = VisionTransformer(**config)
@@ -129,6 +132,21 @@ def build(raw: RawCheckpoint, variant: str | None = None) -> SSLModel:
                      fixed_input_size=config["img_size"])
     load_strict(model, state, KeyMap(rules), raw.notes)
     return model
+
+
+def _stem_channels(state: Mapping[str, Tensor]) -> list[int]:
+    """Widths of a convolutional stem (patch_embed.stem.{0,2,…}: 3×3 stride-2 convs, sslx's tiny ViT); [] for none."""
+    convs = sorted(int(k.split(".")[2]) for k in state if k.startswith("patch_embed.stem.") and k.endswith(".weight"))
+    if convs != list(range(0, 2 * len(convs), 2)):
+        raise CheckpointError(f"patch_embed.stem holds convolutions at {convs}, expected 0, 2, 4, … (conv, GELU pairs)")
+    widths, prev = [], 3
+    for i in convs:
+        w = require(state, f"patch_embed.stem.{i}.weight", 4, f"stem convolution {i}")
+        if tuple(w.shape[1:]) != (prev, 3, 3):
+            raise CheckpointError(f"patch_embed.stem.{i}.weight has shape {tuple(w.shape)}, expected (C, {prev}, 3, 3)")
+        widths.append(int(w.shape[0]))
+        prev = int(w.shape[0])
+    return widths
 
 
 def _stored_architecture(args: object, dim: int) -> tuple[int, str]:

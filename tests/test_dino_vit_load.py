@@ -130,7 +130,7 @@ def _dino_training_module():
     return module
 
 
-def _sslx_dino_checkpoint(path, num_heads=4, token_pooling="mean"):
+def _sslx_dino_checkpoint(path, num_heads=4, token_pooling="mean", stem_channels=()):
     """A full checkpoint in train_dino_vit's layout (64-d mean-pooled tiny ViT, 4 heads) and its teacher."""
     import argparse
 
@@ -138,7 +138,8 @@ def _sslx_dino_checkpoint(path, num_heads=4, token_pooling="mean"):
 
     mod = _dino_training_module()
     torch.manual_seed(3)
-    vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, mlp_ratio=2.0, pool="mean")
+    vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, mlp_ratio=2.0, pool="mean",
+                            stem_channels=stem_channels)
     teacher = mod.DINONet(vit, mod.DINOHead(64, 12, 32, 16)).double().eval()
     with torch.no_grad():
         teacher.head.last_layer.parametrizations.weight.original0.mul_(1.5)  # g ≠ 1 checks g·v/‖v‖
@@ -169,3 +170,36 @@ def test_stored_args_that_contradict_the_weights_are_refused(tmp_path, heads, po
     _sslx_dino_checkpoint(tmp_path / "bad.pth", num_heads=heads, token_pooling=pool)
     with pytest.raises(CheckpointError, match=message):
         ssl_models.load(tmp_path / "bad.pth")
+
+
+def test_convolutional_stem_is_read_from_the_keys(tmp_path) -> None:
+    """A tiny ViT with a 2-conv stem (8-px patches = two 3×3/2 convs and a 2×2 projection) loads to 1e-6."""
+    teacher = _sslx_dino_checkpoint(tmp_path / "stem.pth", stem_channels=(8, 16))
+    model = ssl_models.load(tmp_path / "stem.pth").double()
+    config = model.info["config"]
+    assert config["stem_channels"] == [8, 16] and config["patch_size"] == 8 and config["img_size"] == 32
+    assert model.backbone.vit.patch_embed.proj.kernel_size == (2, 2)
+    x = _x()
+    with torch.no_grad():
+        assert torch.allclose(model(x), teacher(x), atol=1e-6, rtol=0)
+    maps = sslx.explain(model, x, method="transformer_attribution")
+    assert maps.shape == (3, 1, 32, 32) and bool(torch.isfinite(maps).all())
+
+
+def test_broken_stem_is_refused(tmp_path) -> None:
+    _sslx_dino_checkpoint(tmp_path / "stem.pth", stem_channels=(8, 16))
+    raw = torch.load(tmp_path / "stem.pth", weights_only=False)  # our own file: its args are a Namespace
+    for network, prefix in (("teacher", ""), ("student", "module.")):
+        for suffix in ("weight", "bias"):
+            del raw[network][f"{prefix}backbone.patch_embed.stem.0.{suffix}"]
+    torch.save(raw, tmp_path / "broken.pth")
+    with pytest.raises(CheckpointError, match=r"patch_embed.stem holds convolutions at \[2\], expected 0, 2"):
+        ssl_models.load(tmp_path / "broken.pth")
+
+
+def test_patch_embed_stem_must_divide_the_patch() -> None:
+    from sslx.models.vit import PatchEmbed
+
+    assert PatchEmbed(16, 3, 32, (4, 8)).proj.kernel_size == (4, 4)
+    with pytest.raises(ValueError, match="patch_size 12 is not 2\\^3"):
+        PatchEmbed(12, 3, 32, (4, 8, 8))

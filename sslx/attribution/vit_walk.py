@@ -67,13 +67,24 @@ def find_blocks(model: nn.Module) -> tuple[nn.ModuleList | nn.Sequential, str]:
 
 
 def _patch_stride(model: nn.Module) -> int:
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            if module.kernel_size != module.stride or module.kernel_size[0] != module.kernel_size[1]:
-                raise TypeError(f"the ViT's patch embedding must be a square non-overlapping Conv2d, got "
-                                f"kernel {module.kernel_size} stride {module.stride}")
-            return int(module.stride[0])
-    raise TypeError("no Conv2d patch embedding found in the ViT")
+    """Pixels per token side: the stride of the patch projection, times those of a convolutional stem before it
+    (the convs inside a `patch_embed` module); without a `patch_embed`, the first Conv2d is the projection."""
+    embed = next((m.patch_embed for m in model.modules() if isinstance(getattr(m, "patch_embed", None), nn.Module)),
+                 None)
+    convs = [m for m in (model if embed is None else embed).modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise TypeError("no Conv2d patch embedding found in the ViT")
+    convs = convs[:1] if embed is None else convs
+    proj = convs[-1]
+    if proj.kernel_size != proj.stride or proj.kernel_size[0] != proj.kernel_size[1]:
+        raise TypeError(f"the ViT's patch embedding must be a square non-overlapping Conv2d, got "
+                        f"kernel {proj.kernel_size} stride {proj.stride}")
+    stride = 1
+    for conv in convs:
+        if conv.stride[0] != conv.stride[1]:
+            raise TypeError(f"the ViT's patch-embedding stem has a non-square stride {conv.stride}")
+        stride *= int(conv.stride[0])
+    return stride
 
 
 def _check_pooling(model: nn.Module) -> None:

@@ -1,20 +1,40 @@
 """A small Vision Transformer with the timm/DINO module layout (patch_embed.proj, blocks.N.attn.qkv, norm, head)."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn as nn
 from torch import Tensor
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping patches → tokens with one strided convolution."""
+    """Non-overlapping patches → tokens: one strided convolution, optionally after a convolutional stem.
 
-    def __init__(self, patch_size: int, in_chans: int, embed_dim: int):
+    `stem_channels` (c_1, …, c_n): n 3×3 stride-2 convolutions with GELU before the projection, whose kernel
+    and stride are then patch_size / 2ⁿ (the "early convolutions" of Xiao et al. 2021, ViT_C; they make a
+    small ViT trainable from scratch on little data).
+    """
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int, stem_channels: Sequence[int] = ()):
         super().__init__()
+        stem_channels = tuple(int(c) for c in stem_channels)
+        kernel = patch_size >> len(stem_channels)
+        if kernel < 1 or kernel << len(stem_channels) != patch_size or min(stem_channels, default=1) < 1:
+            raise ValueError(f"patch_size {patch_size} is not 2^{len(stem_channels)} (one halving per stem conv) "
+                             f"times an integer kernel, or stem_channels {stem_channels} has a width < 1")
         self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        if stem_channels:
+            layers: list[nn.Module] = []
+            for c in stem_channels:
+                layers += [nn.Conv2d(in_chans, c, 3, 2, 1), nn.GELU()]
+                in_chans = c
+            self.stem = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=kernel, stride=kernel)
 
     def forward(self, x: Tensor) -> Tensor:
+        if hasattr(self, "stem"):
+            x = self.stem(x)
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
@@ -78,7 +98,7 @@ class VisionTransformer(nn.Module):
 
     def __init__(self, img_size: int = 32, patch_size: int = 8, in_chans: int = 3, num_classes: int = 0,
                  embed_dim: int = 64, depth: int = 4, num_heads: int = 4, mlp_ratio: float = 4.0,
-                 qkv_bias: bool = True, pool: str = "cls"):
+                 qkv_bias: bool = True, pool: str = "cls", stem_channels: Sequence[int] = ()):
         super().__init__()
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
@@ -87,7 +107,7 @@ class VisionTransformer(nn.Module):
         self.token_pooling = pool  # read by the transformer explanations' LRP
         self.img_size = img_size
         self.embed_dim = embed_dim
-        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, stem_channels)
         num_patches = (img_size // patch_size) ** 2
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
