@@ -320,7 +320,11 @@ def main() -> None:
                         "cpu_seconds": cpu, **stats})
         print(f"epoch {epoch + 1}/{args.epochs} step {step} loss {loss_sum / steps:.4f} dino {dino_sum / steps:.4f} "
               f"{stats} {wall:.0f}s wall {cpu:.0f}s cpu", flush=True)
-        if epoch >= 1 and (stats["clusters_used"] <= 1 or stats["teacher_entropy"] > 0.98 * math.log(args.out_dim)):
+        # With Sinkhorn–Knopp targets the monitor's EMA-centred entropy stays near log K while the features
+        # improve (kNN-20 10.6 → 16.4 % over epochs 1-2 of a stem run at entropy 5.42 of 5.55), so only a single
+        # used cluster counts as collapse there.
+        uniform = args.centering == "ema" and stats["teacher_entropy"] > 0.98 * math.log(args.out_dim)
+        if epoch >= 1 and (stats["clusters_used"] <= 1 or uniform):
             sys.exit(f"collapsed at epoch {epoch + 1}: {stats}")
         if wall > args.max_minutes * 60:
             print("safety stop: --max-minutes reached", flush=True)
