@@ -13,11 +13,12 @@ from ssl_models.serialization import read_checkpoint
 from sslx.probe.run import load_model as probe_load_model
 
 # chance is 1/12 = 8.3 %. On these scenes (bank: the first 2000 train scenes, queries: 1200 test scenes — the
-# trainer's monitor setting) the asset gives kNN-20 14.3 % and a linear probe 11.5 %; three random-init models of
-# the same layout (trainer's init, seeds 0-2) give kNN-20 8.6-10.4 % and probe 8.2-8.6 % (docs/dev-notes/issue-17c.md).
-# Both thresholds fail those random models. Weak model: with a 720-scene bank kNN-20 is at chance (8.75 %, n = 480).
-MIN_KNN_ACCURACY = 0.125
-MIN_PROBE_ACCURACY = 0.10
+# trainer's monitor setting) the asset (convolutional stem, 6 epochs) gives kNN-20 19.1 % and a linear probe 19.5 %;
+# its own random init gave kNN-20 8.1 % (epoch 0 of the run), and three random-init plain-patch models 8.6-10.4 % /
+# probe 8.2-8.6 % (docs/dev-notes/issue-17c.md). The plain-patch asset it replaced had 14.3 % / 11.4 %: both
+# thresholds fail it and the random models.
+MIN_KNN_ACCURACY = 0.16
+MIN_PROBE_ACCURACY = 0.16
 
 
 @pytest.fixture(scope="module")
