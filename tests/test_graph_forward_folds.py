@@ -33,9 +33,27 @@ def test_folded_forward_equals_the_model_and_keeps_what_agf_reads(resnet):
     assert len(agf._forward_folds) == len(agf.graph.layers(NORM)) == 20  # every norm follows a conv no rule reads
     for node in agf._needed:  # every value a rule reads is the unfolded forward's value
         assert torch.allclose(folded[node], plain[node], rtol=0, atol=1e-12), node.name
-    # at least one ReLU overwrote its input (a norm's output, which no rule reads)
-    relu_inputs = [s.inputs[0] for s in agf.graph.layers(RELU)]
-    assert any(folded[n].is_meta for n in relu_inputs)
+
+
+def test_relu_overwrites_only_values_no_rule_reads(resnet, monkeypatch):
+    """ResNet-18: the 9 ReLUs after a norm run in place; the 8 after a residual add (whose output the add rule
+    reads) do not."""
+    import sslx.attribution.graph as graph_module
+
+    agf = AGF(resnet)
+    overwritten = []
+    original = graph_module.F.relu_
+    monkeypatch.setattr(graph_module.F, "relu_", lambda t: overwritten.append(t.shape) or original(t))
+    with torch.no_grad():
+        agf.graph.run(torch.randn(1, 3, 64, 64, dtype=torch.float64), keep=agf._needed.__contains__,
+                      fold_norms=agf._forward_folds)
+    relus = agf.graph.layers(RELU)
+    after_norm = [s for s in relus if agf.graph.steps[s.inputs[0]].kind == NORM]
+    assert len(relus) == 17 and len(overwritten) == len(after_norm) == 9
+    with torch.no_grad():  # without `keep` nothing is overwritten
+        overwritten.clear()
+        agf.graph.run(torch.randn(1, 3, 64, 64, dtype=torch.float64))
+    assert overwritten == []
 
 
 def test_agf_with_the_folded_forward_equals_agf_without(resnet, monkeypatch):
