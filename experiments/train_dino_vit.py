@@ -9,7 +9,7 @@ the student only, each local crop taken from its own scene's view so it lines up
 teacher sharpening (0.04) and student temperature 0.1, teacher momentum 0.99 → 1 (cosine; DINO's 0.996 is meant for
 far longer runs), the weight-normalised last layer frozen during the first epoch, gradient clipping, AdamW with
 linear warm-up (one epoch) then cosine decay. Backbone = the supervised tiny ViT's architecture (mean pooling, 4
-heads, convolutional stem 24-48-64 before the 2×2 patch projection; `--stem-channels` with no widths = plain
+heads, convolutional stem 8-16-64 before the 2×2 patch projection; `--stem-channels` with no widths = plain
 16×16 patches). Two DINOv2 pieces are options, both on by default (so the run is "DINO-style", not the DINO v1 recipe):
   --centering sk     Sinkhorn–Knopp teacher centring (3 iterations, equal mass per prototype over the batch;
                      Oquab et al. 2023) instead of DINO's EMA centre (--centering ema, momentum 0.9);
@@ -23,11 +23,12 @@ log K), the number of distinct arg-max clusters, and kNN-20 accuracy of the back
 as the bank, --queries test scenes). The run stops (exit code 2) if the teacher collapses. The saved file loads with
 `ssl_models.load(path)` (kind "dino_vit", the teacher).
 
-Status (docs/dev-notes/issue-17d.md): the default command (6 epochs × 200 steps of batch 64, stem, SK + KoLeo) took
-1749 s wall / 3249 CPU-s on 2 threads (≈ 29 min: above the brief's 15 min × 2 CPUs) and gave kNN-20 19.1 % and a
-linear probe 19.5 % (n = 1200 queries, bank 2000 train scenes; random init ≤ 10.4 %, chance 8.3 %); it is the
-embedded "dino_vit" asset. Still a weak model: the teacher stays near-uniform under the monitor's EMA centre. The
-plain-patch asset it replaces (10 epochs, issue-17c) had 14.3 % / 11.4 %. Before issue 17c the local crops came
+Status (docs/dev-notes/issue-17d.md): the default command (6 epochs × 200 steps of batch 64, stem 8-16-64, SK +
+KoLeo) took 721 s wall / 1421 CPU-s on 2 threads (12 min, inside the brief's 15 min × 2 CPUs) and gave kNN-20
+17.2 % and a linear probe 17.1 % (n = 1200 queries, bank 2000 train scenes; its random init 8.1 %, chance 8.3 %); it
+is the embedded "dino_vit" asset. Still a weak model: the teacher stays near-uniform under the monitor's EMA centre.
+A wider stem (24-48-64) gave 19.1 % / 19.5 % in 29 min (overlapping intervals); the plain-patch asset it replaces
+(10 epochs, issue-17c) had 14.3 % / 11.4 %. Before issue 17c the local crops came
 from random scenes of the batch (not their own), which made the targets unpredictable: the earlier runs' uniform
 collapse (experiments/results/vit/dino_vit_*.log) was that bug, not only the short schedule.
 """
@@ -206,7 +207,7 @@ def main() -> None:
     p.add_argument("--no-channel-permute", action="store_true", help="keep the RGB channel order of every view")
     p.add_argument("--koleo-weight", type=float, default=0.1,
                    help="weight of the KoLeo regulariser on the student's pooled features (0 turns it off)")
-    p.add_argument("--stem-channels", type=int, nargs="*", default=[24, 48, 64],
+    p.add_argument("--stem-channels", type=int, nargs="*", default=[8, 16, 64],
                    help="widths of a 3×3 stride-2 convolutional stem before the patch projection (none: plain patches)")
     p.add_argument("--nce-weight", type=float, default=0.0,
                    help="weight of an NT-Xent term between the two global crops' head bottlenecks (0 turns it off)")
@@ -231,7 +232,7 @@ def main() -> None:
     p.add_argument("--clip-grad", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--max-minutes", type=float, default=40.0, help="safety stop after this many minutes")
+    p.add_argument("--max-minutes", type=float, default=20.0, help="safety stop after this many minutes")
     p.add_argument("--steps-per-epoch", type=int, default=200, help="0: train-size // batch-size")
     p.add_argument("--out", default=str(ASSETS / "dino_vit.pth"))
     args = p.parse_args()

@@ -13,12 +13,12 @@ from ssl_models.serialization import read_checkpoint
 from sslx.probe.run import load_model as probe_load_model
 
 # chance is 1/12 = 8.3 %. On these scenes (bank: the first 2000 train scenes, queries: 1200 test scenes — the
-# trainer's monitor setting) the asset (convolutional stem, 6 epochs) gives kNN-20 19.1 % and a linear probe 19.5 %;
-# its own random init gave kNN-20 8.1 % (epoch 0 of the run), and three random-init plain-patch models 8.6-10.4 % /
-# probe 8.2-8.6 % (docs/dev-notes/issue-17c.md). The plain-patch asset it replaced had 14.3 % / 11.4 %: both
-# thresholds fail it and the random models.
-MIN_KNN_ACCURACY = 0.16
-MIN_PROBE_ACCURACY = 0.16
+# trainer's monitor setting) the asset (convolutional stem 8-16-64, 6 epochs) gives kNN-20 17.2 % and a linear
+# probe 17.1 %; random inits of stem models gave kNN-20 8.1 % and 8.7 % (epoch 0 of two runs), three random-init
+# plain-patch models 8.6-10.4 % / probe 8.2-8.6 % (docs/dev-notes/issue-17c.md). The plain-patch asset it replaced
+# had 14.3 % / 11.4 %: both thresholds fail it and the random models.
+MIN_KNN_ACCURACY = 0.15
+MIN_PROBE_ACCURACY = 0.15
 
 
 @pytest.fixture(scope="module")
