@@ -250,7 +250,8 @@ def main() -> None:
     bank, bank_labels = train.images[:2000], train.labels[:2000]  # labels for monitoring only
     query, query_labels = test.images[:args.queries], test.labels[:args.queries]
 
-    student = DINONet(tiny_vit(0, stem_channels=tuple(args.stem_channels)), DINOHead(TINY_VIT["embed_dim"], args.out_dim, args.hidden, args.bottleneck))
+    student = DINONet(tiny_vit(0, stem_channels=tuple(args.stem_channels)),
+                      DINOHead(TINY_VIT["embed_dim"], args.out_dim, args.hidden, args.bottleneck))
     with torch.no_grad():
         student.backbone.pos_embed.mul_(args.pos_scale)
     teacher = copy.deepcopy(student)

@@ -12,9 +12,9 @@ from torch import Tensor
 from .agf_conv import conv_rule
 from .agf_rules import RESIDUALS, AGFOptions, first_conv_zb, head_attribution, linear_rule
 from .forward import run_model
-from .graph import ADD, CONV, LINEAR, META, NORM, POOL, RELU, SMOOTH, ModelGraph, Step
+from .graph import ADD, CONV, LINEAR, META, NORM, POOL, RELU, SMOOTH, ModelGraph, Step, norm_scale
 from .numerics import per_image_max
-from .propagation import Grad, norm_scale, propagate, structural_rule
+from .propagation import Grad, propagate, structural_rule
 
 
 CPU_WALK_BYTES = 32 << 20  # glibc serves blocks below its largest mmap threshold (32 MiB) from the heap

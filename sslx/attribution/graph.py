@@ -337,9 +337,7 @@ class ModelGraph:
     def _folded_conv(conv: Step, norm: nn.Module, env: dict[fx.Node, Any]) -> Tensor:
         """norm(conv(x)) as one convolution with the norm's scale and shift folded into kernel and bias."""
         m = conv.module
-        scale = torch.rsqrt(norm.running_var + norm.eps)
-        if norm.weight is not None:
-            scale = scale * norm.weight
+        scale = norm_scale(norm)
         shift = -norm.running_mean if m.bias is None else m.bias - norm.running_mean
         bias = shift * scale if norm.bias is None else torch.addcmul(norm.bias, shift, scale)
         weight = m.weight * scale.reshape((-1,) + (1,) * (m.weight.dim() - 1))
@@ -390,6 +388,12 @@ class ModelGraph:
         if step.kind == RELU:
             return F.relu(args[0])
         return node.target(*args, **kwargs)
+
+
+def norm_scale(m: nn.Module) -> Tensor:
+    """An inference-mode BatchNorm's per-channel factor γ / sqrt(var + eps) (its gradient, and its scale)."""
+    scale = torch.rsqrt(m.running_var + m.eps)
+    return scale if m.weight is None else scale * m.weight
 
 
 def _fetch_attr(module: nn.Module, target: str) -> Any:

@@ -30,9 +30,10 @@ def scale_by_quotient(b: Tensor, a: Tensor) -> Tensor:
     return torch.div(a, _stabilized(b)).mul_(b)
 
 
-def scale_by_quotient_(b: Tensor, a: Tensor) -> Tensor:
-    """`scale_by_quotient` written into a (a buffer the caller owns)."""
-    return a.div_(_stabilized(b)).mul_(b)
+def scale_by_quotient_(b: Tensor, a: Tensor, nonnegative: bool = False) -> Tensor:
+    """`scale_by_quotient` written into a (a buffer the caller owns); `nonnegative` (b >= 0): b + 1e-9 > 0 needs
+    no zero guard."""
+    return a.div_(torch.add(b, STABILIZER) if nonnegative else _stabilized(b)).mul_(b)
 
 
 def _stabilized(b: Tensor) -> Tensor:

@@ -8,7 +8,7 @@ import torch.fx as fx
 import torch.nn as nn
 from torch import Tensor
 
-from .graph import ADD, ADD_CONST, INPUT, NORM, PASS, POOL, RELU, RESHAPE, SMOOTH, ModelGraph, Step
+from .graph import ADD, ADD_CONST, INPUT, NORM, PASS, POOL, RELU, RESHAPE, SMOOTH, ModelGraph, Step, norm_scale
 from .numerics import STABILIZER, safe_divide, scale_by_quotient, scale_by_quotient_
 
 Grad = Optional[Tensor]
@@ -57,9 +57,7 @@ def propagate(graph: ModelGraph, env: dict[fx.Node, Any], start: fx.Node, releva
 def fork_relevance(value: Tensor, parts: list[Tensor], nonnegative: bool = False) -> Tensor:
     """Merge the relevance of a tensor used by several layers: X ⊙ safe_divide(ΣR_i, X) (`nonnegative`: X >= 0)."""
     total = _total(parts) if len(parts) > 1 else parts[0].clone()  # a buffer of our own, overwritten below
-    if nonnegative:  # X + 1e-9 > 0: no zero denominators to guard, and X = 0 zeroes the product
-        return total.div_(torch.add(value, STABILIZER)).mul_(value)
-    return scale_by_quotient_(value, total)
+    return scale_by_quotient_(value, total, nonnegative)
 
 
 def plain_sum(value: Tensor, parts: list[Tensor]) -> Tensor:
@@ -133,12 +131,6 @@ def norm_grad(step: Step, g: Grad) -> Grad:
     if g is None:
         return None
     return g * norm_scale(step.module).reshape((1, -1) + (1,) * (g.dim() - 2)).to(g.dtype)
-
-
-def norm_scale(m) -> Tensor:
-    """An inference-mode BatchNorm's per-channel gradient factor γ / sqrt(var + eps)."""
-    scale = torch.rsqrt(m.running_var + m.eps)
-    return scale if m.weight is None else scale * m.weight
 
 
 def structural_rule(step: Step, inputs: list, y: Tensor, r: Tensor, g: Grad) -> tuple[list, list] | None:
