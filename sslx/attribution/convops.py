@@ -1,10 +1,14 @@
 """Convolution geometry with other weights: forward, adjoint (transposed) and conv-of-ones, on fast CPU paths."""
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.grad import conv2d_input
+
+POINTWISE_BMM_MAX_CHANNELS = 64  # oneDNN's NCHW 1×1 kernels are slow from few input channels on every CPU tried
 
 
 def conv_forward(m, x: Tensor, weight: Tensor) -> Tensor:
@@ -15,10 +19,21 @@ def conv_forward(m, x: Tensor, weight: Tensor) -> Tensor:
 
 
 def is_pointwise(m, x: Tensor) -> bool:
-    """On CPU, a 1×1 convolution without padding and with one group: a matrix product over channels
-    (elsewhere the convolution libraries do well on their own)."""
+    """Whether a 1×1 convolution of x goes faster as a matrix product over channels: on CPU, without padding,
+    one group, and either few input channels or a CPU without AVX-512 (elsewhere oneDNN does well).
+
+    Measured, 2 threads, B = 1 and 8, ResNet-50's 1×1 shapes: on an AVX2 EPYC the product is 1.0–1.2× faster
+    than oneDNN (4× from 64 channels); on an AVX-512 EPYC (Zen 5) oneDNN is 1.7–2.7× faster, except from 64
+    channels, where the product is 4× faster.
+    """
     return (x.device.type == "cpu" and tuple(m.kernel_size) == (1, 1) and m.groups == 1
-            and not isinstance(m.padding, str) and tuple(m.padding) == (0, 0))
+            and not isinstance(m.padding, str) and tuple(m.padding) == (0, 0)
+            and (x.shape[1] <= POINTWISE_BMM_MAX_CHANNELS or not _avx512()))
+
+
+@lru_cache(maxsize=1)
+def _avx512() -> bool:
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 def pointwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: tuple = (1, 1)) -> Tensor:
