@@ -13,7 +13,8 @@ VGG-19 and ResNet-50 only) in the same run, at the batch sizes of `--reference-b
 otherwise (and for AlexNet) the authors' column shows the CPU batch-1 numbers of
 ../shared/golden/timing_cpu.json. "faster" = authors' ratio / ours (target >= 3x).
 `--malloc keep` reruns the benchmark under glibc tunables that stop malloc from returning freed memory to
-the system (MALLOC_KEEP below): AGF allocates many short-lived activation-sized buffers, and with glibc's
+the system (MALLOC_KEEP below: what `sslx.allocator.keep_freed_memory()` sets, as sslx's command lines do):
+AGF allocates many short-lived activation-sized buffers, and with glibc's
 defaults each one trimmed and re-allocated costs page faults (the reason PyTorch's CPU performance guides
 recommend jemalloc or tcmalloc). Both sides of every ratio run under the same allocator settings.
 Default batches: ResNet-50 1,8; VGG-19 1,4; AlexNet 1,8.
@@ -46,12 +47,14 @@ PER_IMAGE_SLACK = 1.05  # "per-image time never worse at a larger batch", allowi
 TIMING_FILE = ROOT.parent / "shared" / "golden" / "timing_cpu.json"
 # timing_cpu.json as recorded (CPU, float32, batch 1, 2 threads), for checkouts without ../shared.
 RECORDED_AUTHORS_RATIO = {"alexnet": 9.5, "resnet50": 11.57, "vgg19": 8.89}
-MALLOC_KEEP = "glibc.malloc.trim_threshold=4294967296:glibc.malloc.mmap_threshold=33554432"
 REFERENCE_BUILDERS = {"vgg19": ("modules.vgg", "vgg19"), "resnet50": ("modules.resnet", "resnet50")}
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 from sslx import AGF  # noqa: E402  (needs the repository root on sys.path)
+from sslx.allocator import GLIBC_TUNABLES  # noqa: E402
+
+MALLOC_KEEP = GLIBC_TUNABLES  # what sslx.allocator.keep_freed_memory() sets (and sslx's command lines), at start-up
 
 
 @dataclass

@@ -321,4 +321,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from sslx.allocator import keep_freed_memory
+    keep_freed_memory()
     sys.exit(main())

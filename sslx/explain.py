@@ -4,8 +4,10 @@ from __future__ import annotations
 import sys
 
 if __name__ == "__main__":
+    from sslx.allocator import keep_freed_memory
     from sslx.cli_explain import main
 
+    keep_freed_memory()  # a program, not a library call: freed memory stays for reuse (see sslx.allocator)
     sys.exit(main())
 else:
     from sslx.explain_api import explain

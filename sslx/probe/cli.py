@@ -98,4 +98,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":  # pragma: no cover
+    from sslx.allocator import keep_freed_memory
+    keep_freed_memory()
     main(sys.argv[1:])
