@@ -362,3 +362,29 @@ def test_masked_gradient_skips_the_extra_adjoint_only_when_masking_changes_nothi
     g[0, 2, 5, 5], r[0, 2, 5, 5] = float("nan"), 0.0  # a NaN where Φ = 0 takes the exact path
     got = _masked_gradient(m, x, r, g, w, g_in)
     assert got is not g_in and torch.equal(got.isnan(), conv2d_input(x.shape, w, g * (r != 0), 1, 1).isnan())
+
+
+def test_agf_uses_the_max_pool_indices_the_forward_recorded(monkeypatch):
+    """The forward pass records each max-pool's arg-max; the walk uses them instead of a second indices pass,
+    with the same result as finding them again."""
+    import sslx.attribution.propagation as propagation
+    from sslx import AGF
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval().double()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    agf = AGF(model)
+    recorded = agf.attribute(x, normalize=False)
+    given = []
+    original = propagation._max_pool_vjp
+    monkeypatch.setattr(propagation, "_max_pool_vjp",
+                        lambda m, x, c, indices=None: given.append(indices is not None) or original(m, x, c, indices))
+    agf.attribute(x, normalize=False)
+    assert given == [True]  # resnet18's one max-pool, with the forward's indices: no second search
+    monkeypatch.undo()
+    run = agf.graph.run
+    monkeypatch.setattr(agf.graph, "run", lambda x, keep=None, fold_norms=(), pool_indices=None:
+                        run(x, keep=keep, fold_norms=fold_norms))  # nothing recorded: the walk finds them
+    again = agf.attribute(x, normalize=False)
+    assert recorded.abs().max() > 0
+    assert torch.equal(recorded, again)

@@ -62,7 +62,8 @@ def test_agf_with_the_folded_forward_equals_agf_without(resnet, monkeypatch):
     folded = agf.attribute(x, normalize=False)
     monkeypatch.setattr(agf, "_forward_folds", set())
     original_run = agf.graph.run
-    monkeypatch.setattr(agf.graph, "run", lambda x, keep=None, fold_norms=(): original_run(x))  # no in-place
+    # no in-place ReLU, no folds, no recorded max-pool indices (the walk finds them again)
+    monkeypatch.setattr(agf.graph, "run", lambda x, keep=None, fold_norms=(), pool_indices=None: original_run(x))
     unfolded = agf.attribute(x, normalize=False)
     assert folded.abs().max() > 0
     # the fold only reorders float64 roundings (measured: 3e-10 on a map whose maximum is 31)

@@ -14,7 +14,7 @@ from .agf_rules import RESIDUALS, AGFOptions, first_conv_zb, head_attribution, l
 from .forward import run_model
 from .graph import ADD, CONV, LINEAR, META, NORM, POOL, RELU, SMOOTH, ModelGraph, Step, norm_scale
 from .numerics import per_image_max
-from .propagation import Grad, propagate, structural_rule
+from .propagation import Grad, propagate, structural_rule, z_rule
 
 
 CPU_WALK_BYTES = 32 << 20  # glibc serves blocks below its largest mmap threshold (32 MiB) from the heap
@@ -63,8 +63,9 @@ class AGF:
 
     def attribute(self, x: Tensor, target: Any = None, *, normalize: bool = True) -> Tensor:
         """Heatmaps B×1×H×W for `target` (None = top-1, int, or LongTensor[B]); dtype/device follow x."""
+        indices: dict[fx.Node, Tensor] = {}  # max-pool arg-max indices, recorded by the forward pass
         env, logits, t = run_model(self.graph, x, target, keep=self._needed.__contains__,
-                                   fold_norms=self._forward_folds)
+                                   fold_norms=self._forward_folds, pool_indices=indices)
         del logits
         with torch.no_grad():
             head = self.graph.head.module
@@ -75,12 +76,14 @@ class AGF:
             parts = []
             for start in range(0, x.shape[0], step):
                 part = self._batch_slice(env, start, step) if step < x.shape[0] else env
+                part_indices = {n: i[start:start + step] for n, i in indices.items()}
                 shapes = {s.boundary_source: part[s.boundary_source].shape for s in self.graph.layers(LINEAR)
                           if s.boundary_source is not None}
                 parts.append(propagate(self.graph, part, head_input, phi[start:start + step],
-                                       grad[start:start + step], lambda *a: self._rule(shapes, *a), release=True))
-                del part
-            del env
+                                       grad[start:start + step],
+                                       lambda *a: self._rule(shapes, part_indices, *a), release=True))
+                del part, part_indices
+            del env, indices
         relevance = parts[0] if len(parts) == 1 else torch.cat(parts)
         if relevance.shape != x.shape:
             raise RuntimeError(f"input relevance has shape {tuple(relevance.shape)}, expected {tuple(x.shape)}")
@@ -106,10 +109,12 @@ class AGF:
         return {n: v[start:start + size] if isinstance(v, Tensor) and v.dim() > 0 and self.graph.steps[n].kind != META
                 else v for n, v in env.items()}
 
-    def _rule(self, shapes: dict[fx.Node, torch.Size], step: Step, inputs: list, y: Tensor, r: Tensor,
-              g: Grad) -> tuple[list, list]:
+    def _rule(self, shapes: dict[fx.Node, torch.Size], indices: dict[fx.Node, Tensor], step: Step, inputs: list,
+              y: Tensor, r: Tensor, g: Grad) -> tuple[list, list]:
         if step.node in self._folded_norms:  # its gradient factor is applied by the conv before it
             return [r], [g]
+        if step.node in indices:  # a max-pool whose arg-max the forward pass recorded
+            return z_rule(step, inputs[0], y, r, g, indices.pop(step.node))
         generic = structural_rule(step, inputs, y, r, g)
         if generic is not None:
             return generic

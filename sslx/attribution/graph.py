@@ -289,7 +289,8 @@ class ModelGraph:
 
     # -- execution -----------------------------------------------------------------------------
     def run(self, x: Tensor, keep: Callable[[fx.Node], bool] | None = None,
-            fold_norms: Collection[fx.Node] = ()) -> dict[fx.Node, Any]:
+            fold_norms: Collection[fx.Node] = (),
+            pool_indices: dict[fx.Node, Tensor] | None = None) -> dict[fx.Node, Any]:
         """Evaluate every node in inference mode (BatchNorm uses running stats, Dropout is identity).
 
         With `keep`, a tensor for which keep(node) is false is replaced by a shape-only stand-in (a meta
@@ -297,6 +298,8 @@ class ModelGraph:
         reader of such a tensor overwrites it. `fold_norms` names BatchNorm nodes that are the only reader
         of a convolution and whose input no caller reads: where the activation outweighs the kernel, the
         norm is folded into the convolution (the conv and norm nodes then hold the same, normalised tensor).
+        With `pool_indices` (a dict), each 2-D max-pool also records its arg-max indices there (the same kernel
+        call as the pool itself), so that a backward walk need not find them again.
         """
         env: dict[fx.Node, Any] = {self.input_node: x}
         dies_at = self._last_readers() if keep is not None else {}
@@ -315,6 +318,8 @@ class ModelGraph:
             elif (step.kind == RELU and keep is not None and readers.get(step.inputs[0]) == [node]
                   and self._overwritable(step.inputs[0], keep, folded)):
                 env[node] = F.relu_(env[step.inputs[0]])  # nothing else reads its input
+            elif pool_indices is not None and _is_max_pool_2d(step, env):
+                env[node], pool_indices[node] = max_pool_with_indices(step.module, env[step.inputs[0]])
             else:
                 env[node] = self._eval(node, step, env)
             for dead in dies_at.get(node, ()):
@@ -388,6 +393,22 @@ class ModelGraph:
         if step.kind == RELU:
             return F.relu(args[0])
         return node.target(*args, **kwargs)
+
+
+def _is_max_pool_2d(step: Step, env: dict[fx.Node, Any]) -> bool:
+    x = env.get(step.inputs[0]) if step.inputs else None
+    return isinstance(step.module, nn.MaxPool2d) and isinstance(x, Tensor) and x.dim() == 4
+
+
+def max_pool_with_indices(m: nn.MaxPool2d, x: Tensor) -> tuple[Tensor, Tensor]:
+    """A MaxPool2d's output and its arg-max indices (per image and channel, into the flattened H×W plane)."""
+    return torch.ops.aten.max_pool2d_with_indices(x, *max_pool_args(m))
+
+
+def max_pool_args(m: nn.MaxPool2d) -> tuple:
+    """(kernel, stride, padding, dilation, ceil_mode) of a MaxPool2d as aten's max-pool kernels take them."""
+    args = (m.kernel_size, m.stride if m.stride is not None else m.kernel_size, m.padding, m.dilation)
+    return tuple([int(a), int(a)] if isinstance(a, int) else [int(i) for i in a] for a in args) + (bool(m.ceil_mode),)
 
 
 def norm_scale(m: nn.Module) -> Tensor:

@@ -8,7 +8,8 @@ import torch.fx as fx
 import torch.nn as nn
 from torch import Tensor
 
-from .graph import ADD, ADD_CONST, INPUT, NORM, PASS, POOL, RELU, RESHAPE, SMOOTH, ModelGraph, Step, norm_scale
+from .graph import (ADD, ADD_CONST, INPUT, NORM, PASS, POOL, RELU, RESHAPE, SMOOTH, ModelGraph, Step, max_pool_args,
+                    norm_scale)
 from .numerics import STABILIZER, safe_divide, scale_by_quotient, scale_by_quotient_
 
 Grad = Optional[Tensor]
@@ -72,25 +73,26 @@ def _total(parts: list[Tensor]) -> Tensor:
     return total
 
 
-def vjp(step: Step, x: Tensor, cotangents: list[Tensor]) -> list[Tensor]:
-    """Vector-Jacobian products of a single-input step's own function at x."""
+def vjp(step: Step, x: Tensor, cotangents: list[Tensor], indices: Tensor | None = None) -> list[Tensor]:
+    """Vector-Jacobian products of a single-input step's own function at x (`indices`: a max-pool's arg-max
+    indices from the forward pass, when recorded)."""
     if step.kind == RELU:
         positive = torch.gt(x, 0, out=torch.empty_like(x))
         return [c * positive for c in cotangents]
     if isinstance(step.module, nn.MaxPool2d) and x.dim() == 4:
-        return _max_pool_vjp(step.module, x, cotangents)
+        return _max_pool_vjp(step.module, x, cotangents, indices)
     with torch.enable_grad():
         xg = x.detach().requires_grad_(True)
         y = step.op(xg)
         return [torch.autograd.grad(y, xg, c, retain_graph=True)[0] for c in cotangents]
 
 
-def _max_pool_vjp(m: nn.MaxPool2d, x: Tensor, cotangents: list[Tensor]) -> list[Tensor]:
-    """MaxPool2d's vector-Jacobian products from one indices pass (no autograd graph): each cotangent goes
-    back to its window's arg-max, summed where windows overlap."""
-    args = (m.kernel_size, m.stride if m.stride is not None else m.kernel_size, m.padding, m.dilation, m.ceil_mode)
-    args = tuple(_pair(a) for a in args[:4]) + (bool(args[4]),)
-    _, indices = torch.ops.aten.max_pool2d_with_indices(x, *args)
+def _max_pool_vjp(m: nn.MaxPool2d, x: Tensor, cotangents: list[Tensor], indices: Tensor | None = None) -> list[Tensor]:
+    """MaxPool2d's vector-Jacobian products from its arg-max indices (found here by one indices pass unless
+    given; no autograd graph): each cotangent goes back to its window's arg-max, summed where windows overlap."""
+    args = max_pool_args(m)
+    if indices is None:
+        _, indices = torch.ops.aten.max_pool2d_with_indices(x, *args)
     return [torch.ops.aten.max_pool2d_with_indices_backward(c, x, *args, indices) for c in cotangents]
 
 
@@ -98,16 +100,16 @@ def _pair(v: Any) -> list[int]:
     return [int(v), int(v)] if isinstance(v, int) else [int(i) for i in v]
 
 
-def z_rule(step: Step, x: Tensor, y: Tensor, r: Tensor, g: Grad) -> tuple[list, list]:
+def z_rule(step: Step, x: Tensor, y: Tensor, r: Tensor, g: Grad, indices: Tensor | None = None) -> tuple[list, list]:
     """LRP-0 through the step's own gradient: R_in = X ⊙ J^T safe_divide(R, Y ⊙ 1[R≠0]).
 
-    The mask 1[R≠0] is implied: where R is 0 the quotient is 0 anyway.
+    The mask 1[R≠0] is implied: where R is 0 the quotient is 0 anyway. `indices`: see `vjp`.
     """
     # Disjoint max-pool windows: each input pixel feeds at most one window and is that window's output where it
     # is the arg-max, so X ⊙ Jᵀ(R/Y) = Jᵀ(Y ⊙ R/Y) bit for bit, the product taken on the pooled map.
     disjoint = _windows_disjoint(step.module)
     s = scale_by_quotient(y, r) if disjoint else safe_divide(r, y)
-    back = vjp(step, x, [s] if g is None else [s, g])
+    back = vjp(step, x, [s] if g is None else [s, g], indices)
     return [back[0] if disjoint else x * back[0]], [None if g is None else back[1]]
 
 
