@@ -32,6 +32,18 @@ def test_safe_divide_matches_reference_guard():
     assert out[3] == 2.0 / 1e-9  # b + 1e-9 == 0 -> denominator becomes 1e-9
 
 
+def test_divide_by_positive_part_is_safe_divide_for_relevance_behind_a_relu():
+    from sslx.attribution.numerics import divide_by_positive_part, safe_divide
+
+    b = torch.tensor([2.0, 1e-12, 0.0, -1e-9, -3.0, 5e-10], dtype=torch.float64)
+    a = torch.tensor([3.0, -7.0, 0.0, 0.0, 0.0, 4.0], dtype=torch.float64)  # 0 wherever b <= 0
+    got = divide_by_positive_part(a, b)
+    assert torch.equal(got, safe_divide(a, b))  # bit for bit, the guard's cases (b = 0, b = -1e-9) included
+    assert got[0] == 3.0 / (2.0 + 1e-9) and got[3] == 0
+    # relevance where b < 0 would be divided by 1e-9, not by b: the rule is only for adds read by a ReLU alone
+    assert not torch.equal(divide_by_positive_part(torch.ones(1), -torch.ones(1)), safe_divide(torch.ones(1), -torch.ones(1)))
+
+
 def test_delta_shift_keeps_total_on_nonzero_support():
     c = torch.tensor([[1.0, 0.0, 3.0, -1.0]], dtype=torch.float64)
     r = torch.tensor([[0.5, 0.0, 1.5, 1.0]], dtype=torch.float64)
@@ -388,3 +400,17 @@ def test_agf_uses_the_max_pool_indices_the_forward_recorded(monkeypatch):
     again = agf.attribute(x, normalize=False)
     assert recorded.abs().max() > 0
     assert torch.equal(recorded, again)
+
+
+def test_agf_residual_adds_before_a_relu_equal_the_general_add_rule():
+    """The shortcut for adds read only by a ReLU (divide by the positive part) changes no bit of AGF."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval().double()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    agf = AGF(model)
+    assert len(agf._adds_into_relu) == 8  # resnet18's eight residual adds, each followed by its block's ReLU
+    fast = agf.attribute(x, normalize=False)
+    agf._adds_into_relu = set()
+    general = agf.attribute(x, normalize=False)
+    assert fast.abs().max() > 0
+    assert torch.equal(fast, general)

@@ -13,7 +13,7 @@ from .agf_conv import conv_rule
 from .agf_rules import RESIDUALS, AGFOptions, first_conv_zb, head_attribution, linear_rule
 from .forward import run_model
 from .graph import ADD, CONV, LINEAR, META, NORM, POOL, RELU, SMOOTH, ModelGraph, Step, norm_scale
-from .numerics import per_image_max
+from .numerics import divide_by_positive_part, per_image_max
 from .propagation import Grad, propagate, structural_rule, z_rule
 
 
@@ -43,6 +43,7 @@ class AGF:
         self._needed = _values_read_backwards(self.graph)
         self._norm_after = _norms_after_convs(self.graph)
         self._folded_norms = {s.node for s in self._norm_after.values()}
+        self._adds_into_relu = _adds_read_only_by_a_relu(self.graph)
         # the forward pass may fold these norms into their convs: no rule reads the conv's own output
         self._forward_folds = {n for n in self._folded_norms if self.graph.steps[n].inputs[0] not in self._needed}
         self._override_conv_roles(set(flat_convs), "flat")
@@ -115,6 +116,10 @@ class AGF:
             return [r], [g]
         if step.node in indices:  # a max-pool whose arg-max the forward pass recorded
             return z_rule(step, inputs[0], y, r, g, indices.pop(step.node))
+        if step.node in self._adds_into_relu:
+            a, b = inputs
+            s = divide_by_positive_part(r, y)  # = safe_divide(r, y): r is 0 wherever the ReLU output is
+            return [a * s, s.mul_(b)], [g, g]
         generic = structural_rule(step, inputs, y, r, g)
         if generic is not None:
             return generic
@@ -147,6 +152,13 @@ def _values_read_backwards(graph: ModelGraph) -> set[fx.Node]:
             needed.add(node)
             needed.update(step.inputs)
     return needed
+
+
+def _adds_read_only_by_a_relu(graph: ModelGraph) -> set[fx.Node]:
+    """Residual adds whose output only a ReLU reads: the relevance reaching them is 0 wherever the sum is <= 0."""
+    consumers = graph.consumers()
+    return {node for node, step in graph.steps.items() if step.kind == ADD and len(consumers.get(node, ())) == 1
+            and graph.steps[consumers[node][0]].kind == RELU}
 
 
 def _norms_after_convs(graph: ModelGraph) -> dict[fx.Node, Step]:

@@ -41,6 +41,13 @@ def _stabilized(b: Tensor) -> Tensor:
     return den.add_(torch.eq(den, 0, out=torch.empty_like(den)), alpha=STABILIZER)
 
 
+def divide_by_positive_part(a: Tensor, b: Tensor) -> Tensor:
+    """a / (max(b, 0) + 1e-9): equal to safe_divide(a, b) where a is 0 wherever b <= 0 (relevance that came
+    back through a ReLU of b), in three passes instead of six."""
+    den = torch.clamp_min(b, 0).add_(STABILIZER)
+    return torch.div(a, den, out=den)
+
+
 def safe_divide_nonnegative_(a: Tensor, b: Tensor) -> Tensor:
     """safe_divide(a, b) for b >= 0, overwriting b (a buffer the caller owns)."""
     mask = nonzero(b)
