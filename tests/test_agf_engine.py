@@ -414,3 +414,23 @@ def test_agf_residual_adds_before_a_relu_equal_the_general_add_rule():
     general = agf.attribute(x, normalize=False)
     assert fast.abs().max() > 0
     assert torch.equal(fast, general)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "vgg11"])
+def test_agf_stacked_c_and_a_adjoints_equal_separate_ones(arch, monkeypatch):
+    """Stacking the C and A quotients into one transposed conv (small maps) changes no bit of AGF."""
+    import sslx.attribution.agf_conv as agf_conv
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(weights=None).eval().double()
+    x = torch.randn(2, 3, 128, 128, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    agf = AGF(model)
+    calls = []
+    original = agf_conv.stacking_pays
+    monkeypatch.setattr(agf_conv, "stacking_pays", lambda r, w: calls.append(original(r, w)) or calls[-1])
+    stacked = agf.attribute(x, normalize=False)
+    assert any(calls) and not all(calls)  # both paths ran: small deep maps stacked, large early ones not
+    monkeypatch.setattr(agf_conv, "stacking_pays", lambda r, w: False)
+    separate = agf.attribute(x, normalize=False)
+    assert stacked.abs().max() > 0
+    assert torch.equal(stacked, separate)
