@@ -434,3 +434,24 @@ def test_agf_stacked_c_and_a_adjoints_equal_separate_ones(arch, monkeypatch):
     separate = agf.attribute(x, normalize=False)
     assert stacked.abs().max() > 0
     assert torch.equal(stacked, separate)
+
+
+@pytest.mark.parametrize("conv, size, separable", [
+    (nn.Conv2d(3, 64, 7, 2, 3), 224, True), (nn.Conv2d(3, 64, 11, 4, 2), 224, False),
+    (nn.Conv2d(64, 8, 3, 1, 1), 224, True), (nn.Conv2d(8, 16, (3, 5), (1, 2), (2, 1), dilation=(1, 3), groups=4), 230, True),
+    (nn.Conv2d(8, 16, 3, 2, 0, dilation=2), 215, True), (nn.Conv2d(16, 16, 3, 1, 1, groups=16), 17, False),
+    (nn.Conv2d(16, 4, 3, 1, "same"), 120, False)])
+def test_conv_of_ones_equals_convolving_an_all_ones_image(conv, size, separable):
+    """conv(1, W) as R·K·Cᵀ (large maps) or a one-channel conv (small maps, string padding) equals the
+    literal convolution of an all-ones image with W (no bias)."""
+    from sslx.attribution.convops import SEPARABLE_MIN_PIXELS, _conv_output_pixels, conv_of_ones
+
+    w = conv.weight.detach().double().abs()
+    shape = (1, conv.in_channels, size, size + 3)
+    literal = torch.nn.functional.conv2d(torch.ones(shape, dtype=torch.float64), w, None, conv.stride, conv.padding,
+                                         conv.dilation, conv.groups)
+    got = conv_of_ones(conv, w, shape)
+    assert got.shape == literal.shape
+    torch.testing.assert_close(got, literal, rtol=1e-14, atol=0)
+    assert separable == (not isinstance(conv.padding, str)
+                         and _conv_output_pixels(conv, w, shape) >= SEPARABLE_MIN_PIXELS)  # both paths are tested
