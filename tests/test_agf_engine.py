@@ -395,7 +395,7 @@ def test_agf_uses_the_max_pool_indices_the_forward_recorded(monkeypatch):
     assert given == [True]  # resnet18's one max-pool, with the forward's indices: no second search
     monkeypatch.undo()
     run = agf.graph.run
-    monkeypatch.setattr(agf.graph, "run", lambda x, keep=None, fold_norms=(), pool_indices=None:
+    monkeypatch.setattr(agf.graph, "run", lambda x, keep=None, fold_norms=(), pool_indices=None, relu_over=():
                         run(x, keep=keep, fold_norms=fold_norms))  # nothing recorded: the walk finds them
     again = agf.attribute(x, normalize=False)
     assert recorded.abs().max() > 0

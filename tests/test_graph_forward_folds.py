@@ -50,6 +50,11 @@ def test_relu_overwrites_only_values_no_rule_reads(resnet, monkeypatch):
     relus = agf.graph.layers(RELU)
     after_norm = [s for s in relus if agf.graph.steps[s.inputs[0]].kind == NORM]
     assert len(relus) == 17 and len(overwritten) == len(after_norm) == 9
+    with torch.no_grad():  # AGF's forward: the 8 after a residual add too, since its add rule reads only y⁺
+        overwritten.clear()
+        agf.graph.run(torch.randn(1, 3, 64, 64, dtype=torch.float64), keep=agf._needed.__contains__,
+                      fold_norms=agf._forward_folds, relu_over=agf._adds_into_relu)
+    assert len(overwritten) == 17
     with torch.no_grad():  # without `keep` nothing is overwritten
         overwritten.clear()
         agf.graph.run(torch.randn(1, 3, 64, 64, dtype=torch.float64))
@@ -63,7 +68,7 @@ def test_agf_with_the_folded_forward_equals_agf_without(resnet, monkeypatch):
     monkeypatch.setattr(agf, "_forward_folds", set())
     original_run = agf.graph.run
     # no in-place ReLU, no folds, no recorded max-pool indices (the walk finds them again)
-    monkeypatch.setattr(agf.graph, "run", lambda x, keep=None, fold_norms=(), pool_indices=None: original_run(x))
+    monkeypatch.setattr(agf.graph, "run", lambda x, keep=None, fold_norms=(), pool_indices=None, relu_over=(): original_run(x))
     unfolded = agf.attribute(x, normalize=False)
     assert folded.abs().max() > 0
     # the fold only reorders float64 roundings (measured: 3e-10 on a map whose maximum is 31)

@@ -65,8 +65,10 @@ class AGF:
     def attribute(self, x: Tensor, target: Any = None, *, normalize: bool = True) -> Tensor:
         """Heatmaps B×1×H×W for `target` (None = top-1, int, or LongTensor[B]); dtype/device follow x."""
         indices: dict[fx.Node, Tensor] = {}  # max-pool arg-max indices, recorded by the forward pass
+        # a residual add's ReLU runs in place on the sum: the add's rule reads only the sum's positive part
         env, logits, t = run_model(self.graph, x, target, keep=self._needed.__contains__,
-                                   fold_norms=self._forward_folds, pool_indices=indices)
+                                   fold_norms=self._forward_folds, pool_indices=indices,
+                                   relu_over=self._adds_into_relu)
         del logits
         with torch.no_grad():
             head = self.graph.head.module
@@ -118,7 +120,8 @@ class AGF:
             return z_rule(step, inputs[0], y, r, g, indices.pop(step.node))
         if step.node in self._adds_into_relu:
             a, b = inputs
-            s = divide_by_positive_part(r, y)  # = safe_divide(r, y): r is 0 wherever the ReLU output is
+            # = safe_divide(r, a + b): r is 0 wherever the ReLU output is; y may already be that output
+            s = divide_by_positive_part(r, y)
             return [a * s, s.mul_(b)], [g, g]
         generic = structural_rule(step, inputs, y, r, g)
         if generic is not None:

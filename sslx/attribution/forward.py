@@ -14,11 +14,12 @@ from .graph import ModelGraph
 def run_model(graph: ModelGraph, x: Tensor, target: Any, *, with_grad: bool = False,
               keep: Callable[[fx.Node], bool] | None = None,
               fold_norms: Collection[fx.Node] = (),
-              pool_indices: dict[fx.Node, Tensor] | None = None) -> tuple[dict[fx.Node, Any], Tensor, Tensor]:
+              pool_indices: dict[fx.Node, Tensor] | None = None,
+              relu_over: Collection[fx.Node] = ()) -> tuple[dict[fx.Node, Any], Tensor, Tensor]:
     """Validate x, run the graph in inference mode; return (env, logits B×K, targets LongTensor[B]).
 
     With `with_grad`, autograd records the run from a fresh leaf copy of x (`env[graph.input_node]`);
-    `keep`, `fold_norms` and `pool_indices` are passed to `ModelGraph.run`.
+    `keep`, `fold_norms`, `pool_indices` and `relu_over` are passed to `ModelGraph.run`.
     """
     check_image_batch(x, "x", channels=None)
     check_model_matches(graph.model, x)
@@ -26,7 +27,7 @@ def run_model(graph: ModelGraph, x: Tensor, target: Any, *, with_grad: bool = Fa
     if with_grad:
         x = x.detach().requires_grad_(True)
     with torch.set_grad_enabled(with_grad):
-        env = graph.run(x, keep=keep, fold_norms=fold_norms, pool_indices=pool_indices)
+        env = graph.run(x, keep=keep, fold_norms=fold_norms, pool_indices=pool_indices, relu_over=relu_over)
     logits = env[graph.head.node]
     if not isinstance(logits, Tensor) or logits.dim() != 2:
         raise ValueError(f"the model must return B×K logits, got shape {tuple(getattr(logits, 'shape', ()))}")

@@ -290,7 +290,8 @@ class ModelGraph:
     # -- execution -----------------------------------------------------------------------------
     def run(self, x: Tensor, keep: Callable[[fx.Node], bool] | None = None,
             fold_norms: Collection[fx.Node] = (),
-            pool_indices: dict[fx.Node, Tensor] | None = None) -> dict[fx.Node, Any]:
+            pool_indices: dict[fx.Node, Tensor] | None = None,
+            relu_over: Collection[fx.Node] = ()) -> dict[fx.Node, Any]:
         """Evaluate every node in inference mode (BatchNorm uses running stats, Dropout is identity).
 
         With `keep`, a tensor for which keep(node) is false is replaced by a shape-only stand-in (a meta
@@ -299,7 +300,8 @@ class ModelGraph:
         of a convolution and whose input no caller reads: where the activation outweighs the kernel, the
         norm is folded into the convolution (the conv and norm nodes then hold the same, normalised tensor).
         With `pool_indices` (a dict), each 2-D max-pool also records its arg-max indices there (the same kernel
-        call as the pool itself), so that a backward walk need not find them again.
+        call as the pool itself), so that a backward walk need not find them again. `relu_over` names kept values
+        that a ReLU, their only reader, may still overwrite: the caller reads only their positive part.
         """
         env: dict[fx.Node, Any] = {self.input_node: x}
         dies_at = self._last_readers() if keep is not None else {}
@@ -316,7 +318,7 @@ class ModelGraph:
             elif node in folded:
                 env[node] = env[step.inputs[0]]
             elif (step.kind == RELU and keep is not None and readers.get(step.inputs[0]) == [node]
-                  and self._overwritable(step.inputs[0], keep, folded)):
+                  and (step.inputs[0] in relu_over or self._overwritable(step.inputs[0], keep, folded))):
                 env[node] = F.relu_(env[step.inputs[0]])  # nothing else reads its input
             elif pool_indices is not None and _is_max_pool_2d(step, env):
                 env[node], pool_indices[node] = max_pool_with_indices(step.module, env[step.inputs[0]])
