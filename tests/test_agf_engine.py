@@ -455,3 +455,29 @@ def test_conv_of_ones_equals_convolving_an_all_ones_image(conv, size, separable)
     torch.testing.assert_close(got, literal, rtol=1e-14, atol=0)
     assert separable == (not isinstance(conv.padding, str)
                          and _conv_output_pixels(conv, w, shape) >= SEPARABLE_MIN_PIXELS)  # both paths are tested
+
+
+def test_linear_rule_restores_the_thread_count_and_keeps_its_numbers():
+    """The Linear C-rule's block loop runs on one CPU thread; the caller's count is restored, even after an error,
+    and the result equals the unblocked formula."""
+    from sslx.attribution.agf_rules import _one_cpu_thread, linear_c_rule
+
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(300, 5000, dtype=torch.float64, generator=gen)  # 40 kB rows: ten blocks of 32 rows
+    x, r, g = (torch.randn(3, n, dtype=torch.float64, generator=gen) for n in (5000, 300, 300))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        c, g_in = linear_c_rule(x, w, r, g)
+        assert torch.get_num_threads() == 2
+        z = x.abs() @ w.abs().t()
+        expected = x.abs() * ((r * (z != 0) / (z + 1e-9)) @ w.abs())
+        torch.testing.assert_close(c, expected, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(g_in, g @ w, rtol=1e-12, atol=1e-14)
+        with pytest.raises(RuntimeError):
+            with _one_cpu_thread(w):
+                assert torch.get_num_threads() == 1
+                raise RuntimeError("inside the block")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
