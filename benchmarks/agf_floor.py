@@ -8,7 +8,8 @@ For each model and batch size, four things are timed, interleaved round by round
   fwd+bwd   one forward + input-gradient backward (the baseline of `agf_speed.py`);
   floor     one inference forward plus only the products AGF's rules need, on tensors of the layers' shapes,
             through the same fast paths the rules use (`sslx.attribution.convops`):
-              full conv   gradient adjoint, conv(|x|, |W|), and the C and A adjoints (1 forward + 3 adjoints)
+              full conv   gradient adjoint, conv(|x|, |W|), and the C and A adjoints (1 forward + 3 adjoints;
+                          C and A as one call on a doubled batch where the rule stacks them)
               flat conv   gradient adjoint, conv(|x|, |W|), the C adjoint
               first conv  conv(x, W), one adjoint with [W⁺, W⁻] stacked (z^B)
               Linear      g·W, one |W| pass, |x|·|W|ᵀ and s·|W| (the C-rule), plus the head's forward/backward
@@ -35,6 +36,7 @@ if str(ROOT) not in sys.path:
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from agf_speed import DEFAULT_BATCHES, TARGETS, build, forward_backward, interleaved  # noqa: E402
 from sslx import AGF  # noqa: E402
+from sslx.attribution.agf_conv import stacking_pays  # noqa: E402
 from sslx.attribution.convops import conv_forward, conv_transpose, flipped_kernel  # noqa: E402
 from sslx.attribution.forward import run_model  # noqa: E402
 from sslx.attribution.graph import CONV, LINEAR  # noqa: E402
@@ -60,15 +62,17 @@ def product_floor(agf: AGF, x: torch.Tensor) -> Callable[[], None]:
                 conv_forward(m, xin, w), conv_transpose(m, r, both, s)))
             continue
         adjoints = 3 if step.role == "full" else 2
+        # full convs with small maps take the C and A adjoints as one call on a doubled batch, as the rule does
+        r_ca = torch.cat([r, r]) if adjoints == 3 and stacking_pays(r, w) else r
 
-        def conv_job(m=m, xa=xa, w=w, r=r, g=g, shape=xin.shape, n=adjoints) -> None:
+        def conv_job(m=m, xa=xa, w=w, r=r, g=g, shape=xin.shape, n=adjoints, r_ca=r_ca) -> None:
             flipped = flipped_kernel(m, r, w, uses=n)
             wa = w.abs()
             flipped_a = None if flipped is None else flipped.abs()
             conv_transpose(m, g, w, shape, flipped)
             conv_forward(m, xa, wa)
-            for _ in range(n - 1):
-                conv_transpose(m, r, wa, shape, flipped_a)
+            for _ in range(n - 1 if r_ca is r else 1):
+                conv_transpose(m, r_ca, wa, shape, flipped_a)
         jobs.append(conv_job)
     for step in agf.graph.layers(LINEAR):
         w = step.module.weight.detach()
