@@ -76,7 +76,7 @@ def conv_rule(step: Step, x: Tensor, r: Tensor, g: Tensor | None, opts: AGFOptio
         # along the batch: one transposed conv, one read of |W|
         b = r.shape[0]
         quotients = r.new_empty((2 * b,) + r.shape[1:])
-        torch.ne(z, 0, out=quotients[:b]).mul_(r).div_(z.add_(STABILIZER))  # safe_divide_nonnegative_(r, z)
+        safe_divide_nonnegative_(r, z, out=quotients[:b])
         torch.div(r, _guarded(conv_of_ones(m, wa, x.shape)), out=quotients[b:])
         del z
         back = conv_transpose(m, quotients, wa, x.shape, flipped_a)

@@ -146,33 +146,34 @@ def conv_of_ones(m, weight: Tensor, input_shape: torch.Size) -> Tensor:
     (Zen 5, 2 threads: 7.9 → 0.3 ms for VGG's 64-channel convs at 224², 2.1 → 0.14 ms for ResNet-50's first conv).
     Below 100² output pixels the one-channel convolution is 20–60 µs faster, and is used.
     """
-    kernel = weight.sum(dim=1)  # C_out×k_h×k_w: the input is 1 in every channel
-    if isinstance(m.padding, str) or _conv_output_pixels(m, weight, input_shape) < SEPARABLE_MIN_PIXELS:
-        groups = m.groups
-        ones = weight.new_ones((1, groups) + tuple(input_shape[2:]))
-        per_group = weight.reshape((groups, -1) + weight.shape[1:]).sum(dim=2).reshape((-1, 1) + weight.shape[2:])
-        return F.conv2d(ones, per_group, None, m.stride, m.padding, m.dilation, groups)
-    rows, cols = (_inside_taps(size, k, s, p, d, weight) for size, k, s, p, d in
-                  zip(input_shape[2:], kernel.shape[1:], _pair(m.stride), _pair(m.padding), _pair(m.dilation)))
-    return torch.matmul(rows, torch.matmul(kernel, cols.t()))[None]
+    if not isinstance(m.padding, str):
+        dims = list(zip(input_shape[2:], weight.shape[2:], int_pair(m.stride), int_pair(m.padding),
+                        int_pair(m.dilation)))
+        if _output_size(*dims[0]) * _output_size(*dims[1]) >= SEPARABLE_MIN_PIXELS:
+            rows, cols = (_inside_taps(*d, like=weight) for d in dims)
+            kernel = weight.sum(dim=1)  # C_out×k_h×k_w: the input is 1 in every channel
+            return torch.matmul(rows, torch.matmul(kernel, cols.t()))[None]
+    groups = m.groups
+    ones = weight.new_ones((1, groups) + tuple(input_shape[2:]))
+    per_group = weight.reshape((groups, -1) + weight.shape[1:]).sum(dim=2).reshape((-1, 1) + weight.shape[2:])
+    return F.conv2d(ones, per_group, None, m.stride, m.padding, m.dilation, groups)
 
 
 SEPARABLE_MIN_PIXELS = 100 * 100
 
 
-def _conv_output_pixels(m, weight: Tensor, input_shape: torch.Size) -> int:
-    sizes = [(size + 2 * p - d * (k - 1) - 1) // s + 1 for size, k, s, p, d in
-             zip(input_shape[2:], weight.shape[2:], _pair(m.stride), _pair(m.padding), _pair(m.dilation))]
-    return sizes[0] * sizes[1]
+def _output_size(size: int, taps: int, stride: int, padding: int, dilation: int) -> int:
+    return (size + 2 * padding - dilation * (taps - 1) - 1) // stride + 1
 
 
 def _inside_taps(size: int, taps: int, stride: int, padding: int, dilation: int, like: Tensor) -> Tensor:
     """out × taps matrix: 1 where tap t of output position i reads an input position inside [0, size)."""
-    out = (size + 2 * padding - dilation * (taps - 1) - 1) // stride + 1
+    out = _output_size(size, taps, stride, padding, dilation)
     pos = (torch.arange(out, device=like.device)[:, None] * stride
            + torch.arange(taps, device=like.device)[None, :] * dilation - padding)
     return ((pos >= 0) & (pos < size)).to(like.dtype)
 
 
-def _pair(v) -> tuple[int, int]:
+def int_pair(v) -> tuple[int, int]:
+    """A conv or pool argument given as an int or a pair, as a pair of ints."""
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))

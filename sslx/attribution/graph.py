@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .convops import is_pointwise, pointwise_conv
+from .convops import int_pair, is_pointwise, pointwise_conv
 
 # Kinds of step the propagation rules know.
 CONV, LINEAR, NORM, RELU, POOL, PASS, RESHAPE, ADD, ADD_CONST, INPUT, META = (
@@ -410,7 +410,7 @@ def max_pool_with_indices(m: nn.MaxPool2d, x: Tensor) -> tuple[Tensor, Tensor]:
 def max_pool_args(m: nn.MaxPool2d) -> tuple:
     """(kernel, stride, padding, dilation, ceil_mode) of a MaxPool2d as aten's max-pool kernels take them."""
     args = (m.kernel_size, m.stride if m.stride is not None else m.kernel_size, m.padding, m.dilation)
-    return tuple([int(a), int(a)] if isinstance(a, int) else [int(i) for i in a] for a in args) + (bool(m.ceil_mode),)
+    return tuple(list(int_pair(a)) for a in args) + (bool(m.ceil_mode),)
 
 
 def norm_scale(m: nn.Module) -> Tensor:

@@ -48,9 +48,9 @@ def divide_by_positive_part(a: Tensor, b: Tensor) -> Tensor:
     return torch.div(a, den, out=den)
 
 
-def safe_divide_nonnegative_(a: Tensor, b: Tensor) -> Tensor:
-    """safe_divide(a, b) for b >= 0, overwriting b (a buffer the caller owns)."""
-    mask = nonzero(b)
+def safe_divide_nonnegative_(a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
+    """safe_divide(a, b) for b >= 0, overwriting b (a buffer the caller owns); written into `out` when given."""
+    mask = nonzero(b) if out is None else torch.ne(b, 0, out=out)
     b.add_(STABILIZER)  # b >= 0, so b + 1e-9 > 0: no second guard needed
     return torch.mul(a, mask, out=mask).div_(b)
 

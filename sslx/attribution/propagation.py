@@ -8,6 +8,7 @@ import torch.fx as fx
 import torch.nn as nn
 from torch import Tensor
 
+from .convops import int_pair
 from .graph import (ADD, ADD_CONST, INPUT, NORM, PASS, POOL, RELU, RESHAPE, SMOOTH, ModelGraph, Step, max_pool_args,
                     norm_scale)
 from .numerics import STABILIZER, safe_divide, scale_by_quotient, scale_by_quotient_
@@ -96,10 +97,6 @@ def _max_pool_vjp(m: nn.MaxPool2d, x: Tensor, cotangents: list[Tensor], indices:
     return [torch.ops.aten.max_pool2d_with_indices_backward(c, x, *args, indices) for c in cotangents]
 
 
-def _pair(v: Any) -> list[int]:
-    return [int(v), int(v)] if isinstance(v, int) else [int(i) for i in v]
-
-
 def z_rule(step: Step, x: Tensor, y: Tensor, r: Tensor, g: Grad, indices: Tensor | None = None) -> tuple[list, list]:
     """LRP-0 through the step's own gradient: R_in = X ⊙ J^T safe_divide(R, Y ⊙ 1[R≠0]).
 
@@ -117,8 +114,8 @@ def _windows_disjoint(m: Any) -> bool:
     """A MaxPool2d whose windows neither overlap nor dilate (every input pixel is read by at most one)."""
     if not isinstance(m, nn.MaxPool2d):
         return False
-    kernel, stride = _pair(m.kernel_size), _pair(m.stride if m.stride is not None else m.kernel_size)
-    return _pair(m.dilation) == [1, 1] and all(s >= k for k, s in zip(kernel, stride))
+    kernel, stride = int_pair(m.kernel_size), int_pair(m.stride if m.stride is not None else m.kernel_size)
+    return int_pair(m.dilation) == (1, 1) and all(s >= k for k, s in zip(kernel, stride))
 
 
 def relu_rule(y: Tensor, r: Tensor, g: Grad) -> tuple[list, list]:
