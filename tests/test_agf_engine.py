@@ -481,3 +481,69 @@ def test_linear_rule_restores_the_thread_count_and_keeps_its_numbers():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_kernel_buffers_reuse_grow_and_separate_dtypes_and_threads():
+    """A name gets the same memory on every call (grown when a larger kernel asks), per dtype and per thread."""
+    import threading
+
+    from sslx.attribution.buffers import KernelBuffers
+
+    buffers = KernelBuffers()
+    like32, like64 = torch.zeros(1), torch.zeros(1, dtype=torch.float64)
+    a = buffers.get("abs", (4, 3, 3, 3), like32)
+    assert a.shape == (4, 3, 3, 3) and a.is_contiguous() and a.dtype == torch.float32
+    assert buffers.get("abs", (2, 3, 3, 3), like32).data_ptr() == a.data_ptr()  # smaller: same memory
+    assert buffers.get("flipped", (4, 3, 3, 3), like32).data_ptr() != a.data_ptr()
+    assert buffers.get("abs", (4, 3, 3, 3), like64).dtype == torch.float64
+    big = buffers.get("abs", (8, 3, 3, 3), like32)  # larger: grown once, then kept
+    assert buffers.get("abs", (8, 3, 3, 3), like32).data_ptr() == big.data_ptr()
+    assert buffers.nbytes() == 8 * 27 * 4 + 4 * 27 * 4 + 4 * 27 * 8
+    other = []
+    thread = threading.Thread(target=lambda: other.append(buffers.get("abs", (8, 3, 3, 3), like32).data_ptr()))
+    thread.start()
+    thread.join()
+    assert other[0] != big.data_ptr()  # another thread never writes into this thread's buffers
+    buffers.clear()
+    assert buffers.nbytes() == 0
+
+
+def test_flipped_kernel_into_a_buffer_equals_the_transposed_flip():
+    from sslx.attribution.convops import flip_pays, flipped_kernel
+
+    conv = nn.Conv2d(5, 7, (3, 2), padding=(1, 1))
+    w = conv.weight.detach()
+    out = torch.zeros(1, 7, 40, 41)
+    assert flip_pays(conv, out, w, uses=1)
+    into = torch.empty(5, 7, 3, 2)
+    got = flipped_kernel(conv, out, w, into=into)
+    assert got.data_ptr() == into.data_ptr()
+    assert torch.equal(got, w.transpose(0, 1).contiguous().flip(2, 3))
+    assert torch.equal(flipped_kernel(conv, out, w), got)
+    assert flipped_kernel(conv, torch.zeros(1, 7, 2, 2), w) is None and not flip_pays(conv, torch.zeros(1, 7, 2, 2), w)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "vgg11"])
+def test_agf_kernel_buffers_change_no_bit_and_are_kept_between_calls(arch):
+    """|W| and flipped kernels written into the instance's kept buffers give the same maps as fresh kernels per
+    layer, and a second call makes no new buffer."""
+    from sslx.attribution.buffers import KernelBuffers
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(weights=None).eval().double()
+    x = torch.randn(2, 3, 96, 96, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    agf = AGF(model)
+    kept = agf.attribute(x, normalize=False)
+    store = dict(agf._kernels._local.store)
+    assert {"abs", "flipped", "flipped_abs"} <= {name for name, _, _ in store}  # the flip path ran
+    again = agf.attribute(x, normalize=False)
+    assert all(agf._kernels._local.store[k] is v for k, v in store.items())  # the same buffers, none new
+
+    class Fresh:  # a new buffer for every request: what the rule allocated per layer before
+        def get(self, name, shape, like):
+            return KernelBuffers().get(name, shape, like)
+
+    agf._kernels = Fresh()
+    fresh = agf.attribute(x, normalize=False)
+    assert kept.abs().max() > 0
+    assert torch.equal(kept, again) and torch.equal(kept, fresh)

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from .agf_conv import conv_rule
 from .agf_rules import RESIDUALS, AGFOptions, first_conv_zb, head_attribution, linear_rule
+from .buffers import KernelBuffers
 from .forward import run_model
 from .graph import ADD, CONV, LINEAR, META, NORM, POOL, RELU, SMOOTH, ModelGraph, Step, norm_scale
 from .numerics import divide_by_positive_part, per_image_max
@@ -48,6 +49,7 @@ class AGF:
         self._forward_folds = {n for n in self._folded_norms if self.graph.steps[n].inputs[0] not in self._needed}
         self._override_conv_roles(set(flat_convs), "flat")
         self._override_conv_roles(set(full_convs), "full")
+        self._kernels = KernelBuffers()  # |W| and flipped kernels, kept between layers and calls
 
     def _override_conv_roles(self, names: set[str], role: str) -> None:
         convs = {s.node.target: s for s in self.graph.layers(CONV)}
@@ -131,7 +133,8 @@ class AGF:
             if step.role == "first":
                 return [first_conv_zb(step, x, r)], [None]
             norm = self._norm_after.get(step.node)
-            rel, g_in = conv_rule(step, x, r, g, self.options, None if norm is None else norm_scale(norm.module))
+            rel, g_in = conv_rule(step, x, r, g, self.options, None if norm is None else norm_scale(norm.module),
+                                  self._kernels)
             return [rel], [g_in]
         if step.kind == LINEAR:
             shape = shapes.get(step.boundary_source)

@@ -9,7 +9,8 @@ import torch
 from torch import Tensor
 
 from .agf_rules import AGFOptions
-from .convops import conv_forward, conv_of_ones, conv_transpose, flipped_kernel
+from .buffers import KernelBuffers
+from .convops import conv_forward, conv_of_ones, conv_transpose, flip_pays, flipped_kernel
 from .graph import Step
 from .numerics import (STABILIZER, delta_shift_, guarded_denominator, nonzero, normalize_by_max,
                        per_image_max, safe_divide, safe_divide_nonnegative_)
@@ -43,33 +44,39 @@ def factorize(y: Tensor, masks: Tensor) -> Tensor:
 
 
 def conv_rule(step: Step, x: Tensor, r: Tensor, g: Tensor | None, opts: AGFOptions,
-              grad_scale: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+              grad_scale: Tensor | None = None, buffers: KernelBuffers | None = None) -> tuple[Tensor, Tensor | None]:
     """Relevance and gradient at a convolution's input: C-rule for "flat" convs, full AGF otherwise.
 
     `grad_scale` (per output channel) is a following BatchNorm's gradient factor γ/√(var+ε), folded into
-    the kernel of the gradient's transposed convolution when that is smaller than the gradient.
+    the kernel of the gradient's transposed convolution when that is smaller than the gradient. The kernel
+    transforms (|W|, flipped kernels) are written into `buffers` (fresh ones when None).
     """
     m = step.module
     w = m.weight.detach()
+    kernels = buffers if buffers is not None else KernelBuffers()
     wg = w
     if grad_scale is not None and g is not None:
         scale = grad_scale.to(w.dtype).reshape((-1,) + (1,) * (w.dim() - 1))
         if g.numel() >= w.numel():  # scaling the kernel is the cheaper pass
-            wg = w * scale
+            wg = torch.mul(w, scale, out=kernels.get("scaled", w.shape, w))
         else:
             g = g * scale.reshape(1, -1, 1, 1)
     full = step.role == "full" and opts.residual != "none"
     if full and g is None:
         raise ValueError(f"full AGF at '{step.node.name}' needs the gradient at the layer's output")
     # the adjoints of W (gradient) and |W| (C, A) share one flipped kernel where that form pays
-    flipped = flipped_kernel(m, r, w, uses=(g is not None) + 1 + (full and opts.use_a))
-    flipped_g = None if flipped is None or g is None else (flipped if wg is w else flipped * scale.transpose(0, 1))
-    flipped_a = None if flipped is None else flipped.abs()
+    uses = (g is not None) + 1 + (full and opts.use_a)
+    flipped_shape = (w.shape[1], w.shape[0]) + tuple(w.shape[2:])
+    flipped = flipped_kernel(m, r, w, uses, into=kernels.get("flipped", flipped_shape, w)) \
+        if flip_pays(m, r, w, uses) else None
+    flipped_a = None if flipped is None else torch.abs(flipped, out=kernels.get("flipped_abs", flipped_shape, w))
+    flipped_g = None if flipped is None or g is None else \
+        (flipped if wg is w else flipped.mul_(scale.transpose(0, 1)))  # flipped is not read after this
     g_in = None if g is None else conv_transpose(m, g, wg, x.shape, flipped_g)
     g_masked = _masked_gradient(m, x, r, g, wg, g_in, flipped_g) \
         if full and (opts.use_fgrad or opts.residual == "gradcam") else g_in
     del flipped, flipped_g
-    wa, xa = w.abs(), (x if step.nonnegative_input else x.abs())
+    wa, xa = torch.abs(w, out=kernels.get("abs", w.shape, w)), (x if step.nonnegative_input else x.abs())
     z = conv_forward(m, xa, wa)  # the C-rule's denominators
     if full and opts.use_a and stacking_pays(r, w):
         # C and A quotients (A's input is all ones, so its denominators conv(1, |W|) do not depend on x) stacked

@@ -48,18 +48,26 @@ def pointwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride
     return out.reshape(n, -1, h, w)
 
 
-def flipped_kernel(m, out: Tensor, weight: Tensor, uses: int = 1) -> Tensor | None:
+def flipped_kernel(m, out: Tensor, weight: Tensor, uses: int = 1, into: Tensor | None = None) -> Tensor | None:
     """The flipped, transposed kernel with which `conv_transpose` is a forward convolution, when that pays
-    for `uses` adjoints of outputs like `out` (CPU, stride 1, one group); None otherwise.
+    for `uses` adjoints of outputs like `out` (CPU, stride 1, one group); None otherwise. Written into `into`
+    (a contiguous C_in×C_out×k_h×k_w buffer) when given.
 
     oneDNN runs the forward convolution faster than its deconvolution, but the flip is a copy of the weight:
     it pays once the activation outweighs the kernel (B = 8, 512 channels at 28×28: 92 ms against 110), or
     a quarter of it when three adjoints share one flip (AGF's gradient, C and A).
     """
-    if (out.device.type != "cpu" or is_pointwise(m, out) or isinstance(m.padding, str)
-            or _adjoint_padding(m, weight) is None or out.numel() * (4 if uses >= 3 else 1) < weight.numel()):
+    if not flip_pays(m, out, weight, uses):
         return None
-    return weight.transpose(0, 1).contiguous().flip(2, 3)
+    if into is None:
+        into = weight.new_empty((weight.shape[1], weight.shape[0]) + tuple(weight.shape[2:]))
+    return torch.ops.aten.flip.out(weight.transpose(0, 1), [2, 3], out=into)  # one pass, no transposed copy
+
+
+def flip_pays(m, out: Tensor, weight: Tensor, uses: int = 1) -> bool:
+    """Whether `flipped_kernel` makes a kernel for `uses` adjoints of outputs like `out` (see there)."""
+    return not (out.device.type != "cpu" or is_pointwise(m, out) or isinstance(m.padding, str)
+                or _adjoint_padding(m, weight) is None or out.numel() * (4 if uses >= 3 else 1) < weight.numel())
 
 
 def conv_transpose(m, out: Tensor, weight: Tensor, input_shape: torch.Size, flipped: Tensor | None = None) -> Tensor:
