@@ -32,6 +32,23 @@ def test_safe_divide_matches_reference_guard():
     assert out[3] == 2.0 / 1e-9  # b + 1e-9 == 0 -> denominator becomes 1e-9
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_in_place_safe_divide_is_safe_divide_bit_for_bit(dtype):
+    """safe_divide_ (overwrites b) equals safe_divide on the guard's cases: b = 0 and b + 1e-9 = 0."""
+    from sslx.attribution.numerics import safe_divide_
+
+    a = torch.tensor([1.0, 1.0, 1.0, 2.0, -3.0, 0.0], dtype=dtype)
+    b = torch.tensor([2.0, -2.0, 0.0, -1e-9, 1e-30, 0.0], dtype=dtype)
+    expected = safe_divide(a, b)
+    got = safe_divide_(a, b.clone())
+    assert torch.equal(got, expected)
+    assert got[2] == 0 and got[3] == torch.tensor(2.0, dtype=dtype) / torch.tensor(1e-9, dtype=dtype)
+    gen = torch.Generator().manual_seed(3)
+    a, b = torch.randn(2, 5, 7, generator=gen, dtype=dtype), torch.randn(2, 5, 7, generator=gen, dtype=dtype)
+    b[0, 1] = 0
+    assert torch.equal(safe_divide_(a, b.clone()), safe_divide(a, b))
+
+
 def test_divide_by_positive_part_is_safe_divide_for_relevance_behind_a_relu():
     from sslx.attribution.numerics import divide_by_positive_part, safe_divide
 

@@ -27,11 +27,12 @@ def factorization(y: Tensor, phi: Tensor) -> Tensor:
     return factorize(y, side_masks(phi))
 
 
-def factorize(y: Tensor, masks: Tensor) -> Tensor:
-    """`factorization` with the side masks of φ given (they are shared by F_x and F_∇x)."""
+def factorize(y: Tensor, masks: Tensor, work: Tensor | None = None) -> Tensor:
+    """`factorization` with the side masks of φ given (they are shared by F_x and F_∇x); H is written into
+    `work` (a contiguous buffer of y's shape) when given."""
     b, c = y.shape[:2]
     scale = 10 / guarded_denominator(per_image_max(y))  # H = sigmoid(10·Y/max Y); max = 0 gives Y/max = 0
-    h = torch.mul(y, scale).sigmoid_().reshape(b, c, -1)
+    h = torch.mul(y, scale, out=work).sigmoid_().reshape(b, c, -1)
     reps = safe_divide(torch.bmm(h, masks), masks.sum(dim=1)[:, None, :])  # B×C×2: [R_b, R_f]
     rt = reps.transpose(1, 2)
     # Ridge with λ = 1: W = (RᵀR + I)⁻¹ RᵀH, the 2×2 inverse in closed form.
@@ -84,7 +85,7 @@ def conv_rule(step: Step, x: Tensor, r: Tensor, g: Tensor | None, opts: AGFOptio
         b = r.shape[0]
         quotients = r.new_empty((2 * b,) + r.shape[1:])
         safe_divide_nonnegative_(r, z, out=quotients[:b])
-        torch.div(r, _guarded(conv_of_ones(m, wa, x.shape)), out=quotients[b:])
+        torch.div(r, _guarded_(conv_of_ones(m, wa, x.shape)), out=quotients[b:])
         del z
         back = conv_transpose(m, quotients, wa, x.shape, flipped_a)
         c, a = back[:b].mul_(xa), back[b:]
@@ -94,12 +95,15 @@ def conv_rule(step: Step, x: Tensor, r: Tensor, g: Tensor | None, opts: AGFOptio
         del xa, z
         if not full:
             return c, g_in
-        a = conv_transpose(m, r / _guarded(conv_of_ones(m, wa, x.shape)), wa, x.shape, flipped_a) if opts.use_a \
+        a = conv_transpose(m, r / _guarded_(conv_of_ones(m, wa, x.shape)), wa, x.shape, flipped_a) if opts.use_a \
             else None
-    full_part, pixel_part = _residual(x, g_in, g_masked, c, a, opts)
+    # one input-shaped buffer serves, in turn, both factorizations' H, the product x·∇x of M, the gate's
+    # denominator and the mask of C's support (a fresh buffer each would be five allocations per layer)
+    work = torch.empty(x.shape, dtype=c.dtype, device=c.device)
+    full_part, pixel_part = _residual(x, g_in, g_masked, c, a, opts, work)
     if full_part is None and pixel_part is None:  # every residual term is switched off: Φ = C
         return c, g_in
-    return delta_shift_(c, full_part, pixel_part), g_in
+    return delta_shift_(c, full_part, pixel_part, work), g_in
 
 
 STACK_MAX_RATIO = 1.0
@@ -119,41 +123,46 @@ def _masked_gradient(m, x: Tensor, r: Tensor, g: Tensor, wg: Tensor, g_in: Tenso
     # g ⊙ 1[Φ≠0] = g iff Σ|g|·1[Φ=0] = 0: a sum of nonnegative terms is 0 only if every term is, and a NaN
     # or an overflow to inf only sends the batch down the exact path. One mask and one streaming dot product
     # (count_nonzero is several times slower on CPU).
-    zero = torch.eq(r, 0, out=torch.empty_like(r))
-    if float(torch.dot(zero.reshape(-1), g.abs().reshape(-1))) == 0:
+    masked = torch.eq(r, 0, out=torch.empty_like(r)).mul_(g)  # g where Φ = 0
+    if float(torch.linalg.vector_norm(masked.reshape(-1), 1)) == 0:
         return g_in
-    return conv_transpose(m, zero.neg_().add_(1).mul_(g), wg, x.shape, flipped)
+    return conv_transpose(m, torch.ne(r, 0, out=masked).mul_(g), wg, x.shape, flipped)
 
 
-def _guarded(z: Tensor) -> Tensor:
-    """z + 1e-9 where z != 0 and +inf where z == 0, for z >= 0: r / it is safe_divide(r, z)."""
-    return (z + STABILIZER).div_(nonzero(z))
+def _guarded_(z: Tensor) -> Tensor:
+    """z + 1e-9 where z != 0 and +inf where z == 0, for z >= 0, written into z: r / it is safe_divide(r, z)."""
+    mask = nonzero(z)
+    return z.add_(STABILIZER).div_(mask)  # (z + 1e-9)/1 where z != 0, 1e-9/0 = +inf where z == 0
+
 
 
 def _residual(x: Tensor, g_in: Tensor, g_masked: Tensor, c: Tensor, a: Tensor | None,
-              opts: AGFOptions) -> tuple[Tensor | None, Tensor | None]:
+              opts: AGFOptions, work: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
     """The residual r = gate(numer) + F_∇x + A, unmasked, as (C-shaped part, B×1×H×W part broadcast over
-    channels); a part is None when its terms are off. `a` is A, a buffer this rule owns and reuses."""
+    channels); a part is None when its terms are off. `a` is A, a buffer this rule owns and reuses; `work`, a
+    contiguous C-shaped scratch buffer for the passes in turn (none of the returned parts is written into it)."""
     masks = side_masks(c.mean(dim=1, keepdim=True))
     numer = None
     if opts.residual == "gradcam":
         numer = torch.relu((x * g_masked.mean(dim=(2, 3), keepdim=True)).mean(dim=1, keepdim=True))
     else:
         if opts.use_fx:
-            numer = torch.relu(factorize(x, masks))
+            numer = torch.relu(factorize(x, masks, work))
         if opts.use_m:
-            mm = normalize_by_max(torch.relu((x * g_in).mean(dim=1, keepdim=True)))
+            mm = normalize_by_max(torch.relu(torch.mul(x, g_in, out=work).mean(dim=1, keepdim=True)))
             numer = mm if numer is None else numer.add_(mm)
     full, pixel = a, None
     if numer is not None and opts.use_gate:
         # numer / (1 + e^(−C) + 1e-9): the reference's safe divide of a denominator >= 1 (numer·sigmoid(C)
         # would save two passes but move float64 parity from 1e-14 to 1e-10)
-        den = torch.neg(c).exp_().add_(1 + STABILIZER)
-        full = torch.div(numer, den, out=den) if full is None else full.addcdiv_(numer, den)
-        del den
+        if full is None:  # the quotient is a returned part: its own buffer
+            den = torch.neg(c).exp_().add_(1 + STABILIZER)
+            full = torch.div(numer, den, out=den)
+        else:
+            full.addcdiv_(numer, torch.neg(c, out=work).exp_().add_(1 + STABILIZER))
     elif numer is not None:
         pixel = numer
     if opts.use_fgrad:
-        fg = torch.relu(factorize(g_masked, masks))
+        fg = torch.relu(factorize(g_masked, masks, work))
         pixel = fg if pixel is None else pixel.add_(fg)
     return full, pixel

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .convops import conv_forward, conv_of_ones, conv_transpose
 from .graph import Step
-from .numerics import (delta_shift, nonzero, normalize_by_max, per_image_max, per_image_min, safe_divide,
+from .numerics import (delta_shift, nonzero, normalize_by_max, per_image_max, per_image_min, safe_divide_,
                        safe_divide_nonnegative_)
 
 RESIDUALS = ("agf", "gradcam", "none")
@@ -113,7 +113,7 @@ def first_conv_zb(step: Step, x: Tensor, r: Tensor) -> Tensor:
     low, high = per_image_min(x), per_image_max(x)
     ones_p, ones_n = conv_of_ones(m, wp, x.shape), conv_of_ones(m, wn, x.shape)  # conv(1, W+), conv(1, W-)
     z = conv_forward(m, x, w).addcmul_(low, ones_p, value=-1).addcmul_(high, ones_n, value=-1)
-    s = safe_divide(r, z)
+    s = safe_divide_(r, z)
     # Wᵀs = W⁺ᵀs + W⁻ᵀs, so two transposed convolutions (one call when possible) serve all three terms
     if m.groups == 1:
         back = conv_transpose(m, s, torch.cat([wp, wn], dim=1), (x.shape[0], 2 * x.shape[1]) + x.shape[2:])

@@ -25,6 +25,15 @@ def safe_divide(a: Tensor, b: Tensor) -> Tensor:
     return torch.mul(a, nonzero(b)).div_(_stabilized(b))
 
 
+def safe_divide_(a: Tensor, b: Tensor) -> Tensor:
+    """`safe_divide`, overwriting b (a buffer the caller owns): two new tensors where `safe_divide` makes four."""
+    mask = nonzero(b)
+    quotient = torch.mul(a, mask)
+    den = b.add_(STABILIZER)
+    den.add_(torch.eq(den, 0, out=mask), alpha=STABILIZER)
+    return quotient.div_(den)
+
+
 def scale_by_quotient(b: Tensor, a: Tensor) -> Tensor:
     """b ⊙ safe_divide(a, b) without the zero mask, which the factor b makes redundant (a finite)."""
     return torch.div(a, _stabilized(b)).mul_(b)
@@ -104,13 +113,13 @@ def delta_shift(c: Tensor, r: Tensor) -> Tensor:
     return torch.addcmul(c, r - shift, mask)
 
 
-def delta_shift_(c: Tensor, r: Tensor | None, r_map: Tensor | None = None) -> Tensor:
+def delta_shift_(c: Tensor, r: Tensor | None, r_map: Tensor | None = None, work: Tensor | None = None) -> Tensor:
     """`delta_shift` by r + r_map, overwriting c and r (C-shaped buffers the caller owns), returned in c.
 
     r_map (B×1×…, broadcast over channels) is never expanded: its masked sum uses the per-pixel count of
-    C ≠ 0. Either part may be None.
+    C ≠ 0. Either part may be None. `work`: a C-shaped buffer for the mask of C ≠ 0 (made here when None).
     """
-    mask = nonzero(c)
+    mask = nonzero(c) if work is None else torch.ne(c, 0, out=work)
     per_pixel = mask.sum(dim=1, keepdim=True)  # how many channels of each pixel have C ≠ 0
     total = per_image_dot(r, mask) if r is not None else 0
     if r_map is not None:
