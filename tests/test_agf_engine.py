@@ -507,6 +507,27 @@ def test_conv_of_ones_equals_convolving_an_all_ones_image(conv, size, separable)
                          and got.shape[2] * got.shape[3] >= SEPARABLE_MIN_PIXELS)  # both paths are tested
 
 
+@pytest.mark.parametrize("conv, size", [(nn.Conv2d(3, 64, 7, 2, 3), 224), (nn.Conv2d(3, 64, 3, 1, 1), 112),
+                                        (nn.Conv2d(3, 8, 3, 1, 1), 20), (nn.Conv2d(4, 8, 3, 1, "same"), 120)])
+def test_conv_of_bounds_equals_the_bound_images_convolved(conv, size):
+    """low·conv(1, W⁺) + high·conv(1, W⁻) with per-image bounds equals convolving the constant bound images
+    (the reference's z^B terms), on the separable path (large maps) and the convolution path."""
+    from sslx.attribution.convops import conv_of_bounds
+
+    w = conv.weight.detach().double()
+    wp, wn = w.clamp(min=0), w.clamp(max=0)
+    low = torch.tensor([-2.0, 0.5, -0.25], dtype=torch.float64).reshape(3, 1, 1, 1)
+    high = torch.tensor([3.0, 0.75, 1.5], dtype=torch.float64).reshape(3, 1, 1, 1)
+    shape = (3, conv.in_channels, size, size + 1)
+    ones = torch.ones(shape, dtype=torch.float64)
+    f = torch.nn.functional.conv2d
+    literal = (f(low * ones, wp, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+               + f(high * ones, wn, None, conv.stride, conv.padding, conv.dilation, conv.groups))
+    got = conv_of_bounds(conv, wp, wn, low, high, shape)
+    assert got.shape == literal.shape
+    torch.testing.assert_close(got, literal, rtol=1e-13, atol=1e-13)
+
+
 def test_linear_rule_restores_the_thread_count_and_keeps_its_numbers():
     """The Linear C-rule's block loop runs on one CPU thread; the caller's count is restored, even after an error,
     and the result equals the unblocked formula."""

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .convops import conv_forward, conv_of_ones, conv_transpose
+from .convops import conv_forward, conv_of_bounds, conv_transpose
 from .graph import Step
 from .numerics import (delta_shift, nonzero, normalize_by_max, per_image_max, per_image_min, safe_divide_,
                        safe_divide_nonnegative_)
@@ -111,9 +111,9 @@ def first_conv_zb(step: Step, x: Tensor, r: Tensor) -> Tensor:
     w = m.weight.detach()
     wp, wn = w.clamp(min=0), w.clamp(max=0)
     low, high = per_image_min(x), per_image_max(x)
-    ones_p, ones_n = conv_of_ones(m, wp, x.shape), conv_of_ones(m, wn, x.shape)  # conv(1, W+), conv(1, W-)
-    z = conv_forward(m, x, w).addcmul_(low, ones_p, value=-1).addcmul_(high, ones_n, value=-1)
-    s = safe_divide_(r, z)
+    bounds = conv_of_bounds(m, wp, wn, low, high, x.shape)  # low·conv(1, W+) + high·conv(1, W-)
+    z = conv_forward(m, x, w).sub_(bounds)
+    s = safe_divide_(r, z, work=bounds)
     # Wᵀs = W⁺ᵀs + W⁻ᵀs, so two transposed convolutions (one call when possible) serve all three terms
     if m.groups == 1:
         back = conv_transpose(m, s, torch.cat([wp, wn], dim=1), (x.shape[0], 2 * x.shape[1]) + x.shape[2:])

@@ -193,6 +193,22 @@ def conv_of_ones(m, weight: Tensor, input_shape: torch.Size) -> Tensor:
 SEPARABLE_MIN_PIXELS = 100 * 100
 
 
+def conv_of_bounds(m, w_pos: Tensor, w_neg: Tensor, low: Tensor, high: Tensor, input_shape: torch.Size) -> Tensor:
+    """low·conv(1, W⁺) + high·conv(1, W⁻) for per-image bounds low, high (B×1×1×1): z^B's bound terms, B×C_out×H'×W'.
+
+    Where `conv_of_ones` is separable, one product R·(low·K⁺ + high·K⁻)·Cᵀ per image gives the sum (one map
+    instead of two, and no pass to combine them); otherwise the two maps are combined.
+    """
+    if not isinstance(m.padding, str):
+        dims = list(zip(input_shape[2:], w_pos.shape[2:], int_pair(m.stride), int_pair(m.padding),
+                        int_pair(m.dilation)))
+        if _output_size(*dims[0]) * _output_size(*dims[1]) >= SEPARABLE_MIN_PIXELS:
+            rows, cols = (_inside_taps(*d, like=w_pos) for d in dims)
+            kernels = low * w_pos.sum(dim=1) + high * w_neg.sum(dim=1)  # B×C_out×k_h×k_w (input all ones)
+            return torch.matmul(rows, torch.matmul(kernels, cols.t()))
+    return (low * conv_of_ones(m, w_pos, input_shape)).addcmul_(high, conv_of_ones(m, w_neg, input_shape))
+
+
 def _output_size(size: int, taps: int, stride: int, padding: int, dilation: int) -> int:
     return (size + 2 * padding - dilation * (taps - 1) - 1) // stride + 1
 

@@ -25,9 +25,10 @@ def safe_divide(a: Tensor, b: Tensor) -> Tensor:
     return torch.mul(a, nonzero(b)).div_(_stabilized(b))
 
 
-def safe_divide_(a: Tensor, b: Tensor) -> Tensor:
-    """`safe_divide`, overwriting b (a buffer the caller owns): two new tensors where `safe_divide` makes four."""
-    mask = nonzero(b)
+def safe_divide_(a: Tensor, b: Tensor, work: Tensor | None = None) -> Tensor:
+    """`safe_divide`, overwriting b (a buffer the caller owns): two new tensors where `safe_divide` makes four,
+    one when `work` (a buffer of b's shape the caller no longer needs) is given."""
+    mask = nonzero(b) if work is None else torch.ne(b, 0, out=work)
     quotient = torch.mul(a, mask)
     den = b.add_(STABILIZER)
     den.add_(torch.eq(den, 0, out=mask), alpha=STABILIZER)
