@@ -54,12 +54,12 @@ def pointwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride
 
 def flipped_kernel(m, out: Tensor, weight: Tensor, uses: int = 1, into: Tensor | None = None) -> Tensor | None:
     """The flipped, transposed kernel with which `conv_transpose` is a forward convolution, when that pays
-    for `uses` adjoints of outputs like `out` (CPU, one group, stride 1 or a strided 1×1 conv); None otherwise.
+    for `uses` adjoints of outputs like `out` (CPU, stride 1, one group); None otherwise.
     Written into `into` (a contiguous C_in×C_out×k_h×k_w buffer) when given.
 
     oneDNN runs the forward convolution faster than its deconvolution, but the flip is a copy of the weight:
     it pays once the activation outweighs the kernel (B = 8, 512 channels at 28×28: 92 ms against 110), or
-    a quarter of it when three adjoints share one flip (AGF's gradient, C and A); for strided 1×1 convs always.
+    a quarter of it when three adjoints share one flip (AGF's gradient, C and A).
     """
     if not flip_pays(m, out, weight, uses):
         return None
@@ -70,11 +70,8 @@ def flipped_kernel(m, out: Tensor, weight: Tensor, uses: int = 1, into: Tensor |
 
 def flip_pays(m, out: Tensor, weight: Tensor, uses: int = 1) -> bool:
     """Whether `flipped_kernel` makes a kernel for `uses` adjoints of outputs like `out` (see there)."""
-    if out.device.type != "cpu" or is_pointwise(m, out) or isinstance(m.padding, str):
-        return False
-    if _strided_pointwise(m):  # the transposed kernel makes the adjoint a subsampled 1×1 conv (see conv_transpose)
-        return True
-    return not (_adjoint_padding(m, weight) is None or out.numel() * (4 if uses >= 3 else 1) < weight.numel())
+    return not (out.device.type != "cpu" or is_pointwise(m, out) or isinstance(m.padding, str)
+                or _adjoint_padding(m, weight) is None or out.numel() * (4 if uses >= 3 else 1) < weight.numel())
 
 
 def conv_transpose(m, out: Tensor, weight: Tensor, input_shape: torch.Size, flipped: Tensor | None = None) -> Tensor:
@@ -85,14 +82,14 @@ def conv_transpose(m, out: Tensor, weight: Tensor, input_shape: torch.Size, flip
     deconvolution.
     """
     if flipped is None:
-        flipped = flipped_kernel(m, out, weight)  # None unless CPU, one group, stride 1 or a strided 1×1 conv
+        flipped = flipped_kernel(m, out, weight)  # None unless CPU, stride 1, one group: disjoint from the paths below
     shape = (out.shape[0],) + tuple(input_shape[1:])
     if flipped is not None:
-        if _strided_pointwise(m):
-            return _spread(F.conv2d(out, flipped), m.stride, shape)
         return F.conv2d(out, flipped, None, 1, _adjoint_padding(m, weight), m.dilation)
     if is_pointwise(m, out):
         return _spread(pointwise_conv(out, weight.reshape(weight.shape[0], -1).t()), m.stride, shape)
+    if out.device.type == "cpu" and _strided_pointwise(m):
+        return _spread(F.conv_transpose2d(out, weight), m.stride, shape)
     if out.device.type == "cpu" and not isinstance(m.padding, str):
         if _phases_pay(m, weight):
             return _strided_adjoint_by_phases(m, out, weight, shape)
@@ -142,10 +139,11 @@ def _strided_adjoint_by_phases(m, out: Tensor, weight: Tensor, shape: tuple) -> 
 
 
 def _strided_pointwise(m) -> bool:
-    """A 1×1, single-group, unpadded convolution with a stride > 1. Its adjoint is a 1×1 conv by the transposed
-    kernel at the output's resolution, spread onto every s-th input pixel: Zen 5, 2 threads, ResNet-50's
-    downsampling convs, B = 1: 0.55–0.63 ms against oneDNN's strided deconvolution's 0.87–4.4 ms (3,100 page
-    faults a call at 256→512); B = 8: 3.7–5.9 ms against 6.6–25 ms."""
+    """A 1×1, single-group, unpadded convolution with a stride > 1. Its adjoint is the stride-1 adjoint at the
+    output's resolution, spread onto every s-th input pixel: Zen 5, 2 threads, ResNet-50's downsampling convs,
+    B = 1: 0.68–0.99 ms against oneDNN's strided deconvolution's 1.1–4.2 ms (2,300 page faults a call at
+    256→512); B = 8: 4.3–6.2 ms against 7.4–33 ms. (A forward conv by the transposed kernel is as fast, but
+    transposing 2048×1024 took 6 ms.)"""
     return (tuple(m.kernel_size) == (1, 1) and m.groups == 1 and not isinstance(m.padding, str)
             and tuple(m.padding) == (0, 0) and int_pair(m.stride) != (1, 1))
 
