@@ -5,6 +5,8 @@ multiplications, and the one host read (whether the masked gradient differs) ski
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -85,21 +87,25 @@ def conv_rule(step: Step, x: Tensor, r: Tensor, g: Tensor | None, opts: AGFOptio
         b = r.shape[0]
         quotients = r.new_empty((2 * b,) + r.shape[1:])
         safe_divide_nonnegative_(r, z, out=quotients[:b])
-        torch.div(r, _guarded_(conv_of_ones(m, wa, x.shape)), out=quotients[b:])
+        torch.div(r, _guarded_(conv_of_ones(m, wa, x.shape), work=quotients[b:]), out=quotients[b:])
         del z
         back = conv_transpose(m, quotients, wa, x.shape, flipped_a)
         c, a = back[:b].mul_(xa), back[b:]
-        del xa, quotients, back
+        del xa, back
     else:
-        c = conv_transpose(m, safe_divide_nonnegative_(r, z), wa, x.shape, flipped_a).mul_(xa)
+        quotients = safe_divide_nonnegative_(r, z)
+        c = conv_transpose(m, quotients, wa, x.shape, flipped_a).mul_(xa)
         del xa, z
         if not full:
             return c, g_in
-        a = conv_transpose(m, r / _guarded_(conv_of_ones(m, wa, x.shape)), wa, x.shape, flipped_a) if opts.use_a \
-            else None
+        # A's quotient goes into the C quotient's buffer, no longer read
+        a = conv_transpose(m, torch.div(r, _guarded_(conv_of_ones(m, wa, x.shape), work=quotients), out=quotients),
+                           wa, x.shape, flipped_a) if opts.use_a else None
     # one input-shaped buffer serves, in turn, both factorizations' H, the product x·∇x of M, the gate's
-    # denominator and the mask of C's support (a fresh buffer each would be five allocations per layer)
-    work = torch.empty(x.shape, dtype=c.dtype, device=c.device)
+    # denominator and the mask of C's support (a fresh buffer each would be five allocations per layer); the
+    # quotients' buffer, no longer read, where it is large enough
+    work = _reuse_as(quotients, x.shape)
+    del quotients
     full_part, pixel_part = _residual(x, g_in, g_masked, c, a, opts, work)
     if full_part is None and pixel_part is None:  # every residual term is switched off: Φ = C
         return c, g_in
@@ -129,11 +135,21 @@ def _masked_gradient(m, x: Tensor, r: Tensor, g: Tensor, wg: Tensor, g_in: Tenso
     return conv_transpose(m, torch.ne(r, 0, out=masked).mul_(g), wg, x.shape, flipped)
 
 
-def _guarded_(z: Tensor) -> Tensor:
-    """z + 1e-9 where z != 0 and +inf where z == 0, for z >= 0, written into z: r / it is safe_divide(r, z)."""
-    mask = nonzero(z)
+def _guarded_(z: Tensor, work: Tensor | None = None) -> Tensor:
+    """z + 1e-9 where z != 0 and +inf where z == 0, for z >= 0, written into z: r / it is safe_divide(r, z).
+    `work`: a buffer for the mask of z != 0, used when it has z's shape."""
+    mask = torch.ne(z, 0, out=work) if work is not None and work.shape == z.shape else nonzero(z)
     return z.add_(STABILIZER).div_(mask)  # (z + 1e-9)/1 where z != 0, 1e-9/0 = +inf where z == 0
 
+
+
+def _reuse_as(buffer: Tensor, shape: torch.Size) -> Tensor:
+    """A contiguous tensor of `shape` in buffer's memory when that is large enough (its contents are dropped),
+    otherwise a new one."""
+    numel = math.prod(shape)
+    if buffer.is_contiguous() and buffer.numel() >= numel:
+        return buffer.view(-1)[:numel].view(shape)
+    return buffer.new_empty(shape)
 
 
 def _residual(x: Tensor, g_in: Tensor, g_masked: Tensor, c: Tensor, a: Tensor | None,
