@@ -59,3 +59,18 @@ def test_speedup_over_the_authors_is_their_ratio_over_ours():
     assert agf_speed.failures([fast]) == []
     assert agf_speed.failures([slow]) == ["resnet50 B=1: 2.4x faster than the authors' code < 3.0x"]
     assert "3.6x" in agf_speed.format_row(fast)
+
+
+def test_rows_from_several_processes_combine_to_their_medians():
+    runs = [agf_speed.Row("resnet50", 1, 0.20, 0.080, 2.50, 130.0, 140.0, 12.0),
+            agf_speed.Row("resnet50", 1, 0.17, 0.073, 2.33),
+            agf_speed.Row("resnet50", 1, 0.19, 0.070, 2.71, authors=11.0)]
+    row = agf_speed.combine(runs)
+    assert (row.model, row.batch) == ("resnet50", 1)
+    assert row.agf_s == pytest.approx(0.19) and row.fb_s == pytest.approx(0.073) and row.ratio == pytest.approx(2.50)
+    assert (row.agf_mib, row.fb_mib) == (130.0, 140.0)  # memory is measured by one process only
+    assert row.authors == pytest.approx(11.5)
+    one = agf_speed.combine(runs[1:2])
+    assert one.ratio == pytest.approx(2.33) and one.agf_mib is None and one.authors is None
+    assert agf_speed.parse_args([]).processes == 3
+    assert agf_speed._timing_only(agf_speed.parse_args([])).no_memory
