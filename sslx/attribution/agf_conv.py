@@ -127,8 +127,8 @@ def _masked_gradient(m, x: Tensor, r: Tensor, g: Tensor, wg: Tensor, g_in: Tenso
                      flipped: Tensor | None = None) -> Tensor:
     """The input gradient recomputed from g ⊙ 1[Φ ≠ 0]; usually g_in itself, as g is already 0 wherever Φ is."""
     # g ⊙ 1[Φ≠0] = g iff Σ|g|·1[Φ=0] = 0: a sum of nonnegative terms is 0 only if every term is, and a NaN
-    # or an overflow to inf only sends the batch down the exact path. One mask and one streaming dot product
-    # (count_nonzero is several times slower on CPU).
+    # or an overflow to inf only sends the batch down the exact path. One mask, multiplied by g in place, and one
+    # streaming 1-norm (count_nonzero is several times slower on CPU).
     masked = torch.eq(r, 0, out=torch.empty_like(r)).mul_(g)  # g where Φ = 0
     if float(torch.linalg.vector_norm(masked.reshape(-1), 1)) == 0:
         return g_in
@@ -140,7 +140,6 @@ def _guarded_(z: Tensor, work: Tensor | None = None) -> Tensor:
     `work`: a buffer for the mask of z != 0, used when it has z's shape."""
     mask = torch.ne(z, 0, out=work) if work is not None and work.shape == z.shape else nonzero(z)
     return z.add_(STABILIZER).div_(mask)  # (z + 1e-9)/1 where z != 0, 1e-9/0 = +inf where z == 0
-
 
 
 def _reuse_as(buffer: Tensor, shape: torch.Size) -> Tensor:
