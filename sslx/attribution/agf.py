@@ -22,7 +22,11 @@ CPU_WALK_BYTES = 32 << 20  # glibc serves blocks below its largest mmap threshol
 
 
 class AGF:
-    """Explain a classifier's logits with AGF; `attribute` returns signed B×1×H×W heatmaps."""
+    """Explain a classifier's logits with AGF; `attribute` returns signed B×1×H×W heatmaps.
+
+    An instance keeps kernel-sized work buffers (|W|, flipped kernels) between calls, per thread, device and dtype:
+    10.6 MiB for ResNet-50 and 18 MiB for VGG-19 at batch 1; they go with the instance.
+    """
 
     def __init__(self, model: nn.Module, *, use_a: bool = True, use_fx: bool = True, use_fgrad: bool = True,
                  use_m: bool = True, use_gate: bool = True, residual: str = "agf",
