@@ -38,7 +38,7 @@ from agf_speed import DEFAULT_BATCHES, TARGETS, build, forward_backward, interle
 from sslx import AGF  # noqa: E402
 from sslx.attribution.agf_conv import stacking_pays  # noqa: E402
 from sslx.attribution.buffers import KernelBuffers  # noqa: E402
-from sslx.attribution.convops import conv_forward, conv_transpose, flip_pays, flipped_kernel  # noqa: E402
+from sslx.attribution.convops import conv_forward, conv_transpose, flipped_kernel  # noqa: E402
 from sslx.attribution.forward import run_model  # noqa: E402
 from sslx.attribution.graph import CONV, LINEAR  # noqa: E402
 
@@ -68,12 +68,10 @@ def product_floor(agf: AGF, x: torch.Tensor) -> Callable[[], None]:
         r_ca = torch.cat([r, r]) if adjoints == 3 and stacking_pays(r, w) else r
 
         def conv_job(m=m, xa=xa, w=w, r=r, g=g, shape=xin.shape, n=adjoints, r_ca=r_ca) -> None:
-            flipped_shape = (w.shape[1], w.shape[0]) + tuple(w.shape[2:])
-            flipped = flipped_kernel(m, r, w, uses=n, into=kernels.get("flipped", flipped_shape, w)) \
-                if flip_pays(m, r, w, n) else None
+            flipped = flipped_kernel(m, r, w, n, kernels)
             wa = torch.abs(w, out=kernels.get("abs", w.shape, w))
             flipped_a = None if flipped is None else \
-                torch.abs(flipped, out=kernels.get("flipped_abs", flipped_shape, w))
+                torch.abs(flipped, out=kernels.get("flipped_abs", flipped.shape, w))
             conv_transpose(m, g, w, shape, flipped)
             conv_forward(m, xa, wa)
             for _ in range(n - 1 if r_ca is r else 1):

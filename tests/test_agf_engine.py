@@ -575,18 +575,22 @@ def test_kernel_buffers_reuse_grow_and_separate_dtypes_and_threads():
 
 
 def test_flipped_kernel_into_a_buffer_equals_the_transposed_flip():
+    from sslx.attribution.buffers import KernelBuffers
     from sslx.attribution.convops import flip_pays, flipped_kernel
 
     conv = nn.Conv2d(5, 7, (3, 2), padding=(1, 1))
     w = conv.weight.detach()
     out = torch.zeros(1, 7, 40, 41)
     assert flip_pays(conv, out, w, uses=1)
-    into = torch.empty(5, 7, 3, 2)
-    got = flipped_kernel(conv, out, w, into=into)
-    assert got.data_ptr() == into.data_ptr()
+    buffers = KernelBuffers()
+    got = flipped_kernel(conv, out, w, buffers=buffers)
+    assert got.data_ptr() == buffers.get("flipped", (5, 7, 3, 2), w).data_ptr()
     assert torch.equal(got, w.transpose(0, 1).contiguous().flip(2, 3))
     assert torch.equal(flipped_kernel(conv, out, w), got)
-    assert flipped_kernel(conv, torch.zeros(1, 7, 2, 2), w) is None and not flip_pays(conv, torch.zeros(1, 7, 2, 2), w)
+    small = torch.zeros(1, 7, 2, 2)
+    fresh = KernelBuffers()
+    assert flipped_kernel(conv, small, w, buffers=fresh) is None and not flip_pays(conv, small, w)
+    assert fresh.nbytes() == 0  # no buffer is made where the flip does not pay
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "vgg11"])

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .agf_rules import AGFOptions
 from .buffers import KernelBuffers
-from .convops import conv_forward, conv_of_ones, conv_transpose, flip_pays, flipped_kernel
+from .convops import conv_forward, conv_of_ones, conv_transpose, flipped_kernel
 from .graph import Step
 from .numerics import (STABILIZER, delta_shift_, guarded_denominator, nonzero, normalize_by_max,
                        per_image_max, safe_divide, safe_divide_nonnegative_)
@@ -68,11 +68,8 @@ def conv_rule(step: Step, x: Tensor, r: Tensor, g: Tensor | None, opts: AGFOptio
     if full and g is None:
         raise ValueError(f"full AGF at '{step.node.name}' needs the gradient at the layer's output")
     # the adjoints of W (gradient) and |W| (C, A) share one flipped kernel where that form pays
-    uses = (g is not None) + 1 + (full and opts.use_a)
-    flipped_shape = (w.shape[1], w.shape[0]) + tuple(w.shape[2:])
-    flipped = flipped_kernel(m, r, w, uses, into=kernels.get("flipped", flipped_shape, w)) \
-        if flip_pays(m, r, w, uses) else None
-    flipped_a = None if flipped is None else torch.abs(flipped, out=kernels.get("flipped_abs", flipped_shape, w))
+    flipped = flipped_kernel(m, r, w, (g is not None) + 1 + (full and opts.use_a), kernels)
+    flipped_a = None if flipped is None else torch.abs(flipped, out=kernels.get("flipped_abs", flipped.shape, w))
     flipped_g = None if flipped is None or g is None else \
         (flipped if wg is w else flipped.mul_(scale.transpose(0, 1)))  # flipped is not read after this
     g_in = None if g is None else conv_transpose(m, g, wg, x.shape, flipped_g)

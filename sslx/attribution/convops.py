@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.grad import conv2d_input
 
+from .buffers import KernelBuffers
+
 POINTWISE_BMM_MAX_CHANNELS = 64  # oneDNN's NCHW 1×1 kernels are slow from few input channels on every CPU tried
 
 
@@ -52,10 +54,11 @@ def pointwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride
     return out.reshape(n, -1, h, w)
 
 
-def flipped_kernel(m, out: Tensor, weight: Tensor, uses: int = 1, into: Tensor | None = None) -> Tensor | None:
+def flipped_kernel(m, out: Tensor, weight: Tensor, uses: int = 1,
+                   buffers: KernelBuffers | None = None) -> Tensor | None:
     """The flipped, transposed kernel with which `conv_transpose` is a forward convolution, when that pays
     for `uses` adjoints of outputs like `out` (CPU, stride 1, one group); None otherwise.
-    Written into `into` (a contiguous C_in×C_out×k_h×k_w buffer) when given.
+    Written into the buffer "flipped" of `buffers` when given (a new tensor otherwise).
 
     oneDNN runs the forward convolution faster than its deconvolution, but the flip is a copy of the weight:
     it pays once the activation outweighs the kernel (B = 8, 512 channels at 28×28: 92 ms against 110), or
@@ -63,8 +66,8 @@ def flipped_kernel(m, out: Tensor, weight: Tensor, uses: int = 1, into: Tensor |
     """
     if not flip_pays(m, out, weight, uses):
         return None
-    if into is None:
-        into = weight.new_empty((weight.shape[1], weight.shape[0]) + tuple(weight.shape[2:]))
+    shape = (weight.shape[1], weight.shape[0]) + tuple(weight.shape[2:])
+    into = weight.new_empty(shape) if buffers is None else buffers.get("flipped", shape, weight)
     return torch.ops.aten.flip.out(weight.transpose(0, 1), [2, 3], out=into)  # one pass, no transposed copy
 
 

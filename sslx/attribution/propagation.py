@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .convops import int_pair
 from .graph import (ADD, ADD_CONST, INPUT, NORM, PASS, POOL, RELU, RESHAPE, SMOOTH, ModelGraph, Step, max_pool_args,
-                    norm_scale)
+                    max_pool_with_indices, norm_scale)
 from .numerics import STABILIZER, safe_divide, scale_by_quotient, scale_by_quotient_
 
 Grad = Optional[Tensor]
@@ -93,7 +93,7 @@ def _max_pool_vjp(m: nn.MaxPool2d, x: Tensor, cotangents: list[Tensor], indices:
     given; no autograd graph): each cotangent goes back to its window's arg-max, summed where windows overlap."""
     args = max_pool_args(m)
     if indices is None:
-        _, indices = torch.ops.aten.max_pool2d_with_indices(x, *args)
+        _, indices = max_pool_with_indices(m, x)
     return [torch.ops.aten.max_pool2d_with_indices_backward(c, x, *args, indices) for c in cotangents]
 
 
